@@ -1,0 +1,94 @@
+"""Settings: every `OCR_` environment variable (and `.env`), read here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+
+EngineName = Literal["rapidocr", "vllm", "transformers", "fake"]
+
+
+class Settings(BaseSettings):
+    """Service configuration. Defaults follow the seed service (DESIGN.md section 3)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OCR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Engine and model
+    engine: EngineName = "rapidocr"
+    model_path: str = "deepseek-ai/DeepSeek-OCR"
+    gpu_memory_util: float = Field(0.8, gt=0, le=1)
+    max_model_len: int = Field(8192, ge=256)
+    tensor_parallel_size: int = Field(1, ge=1)
+    resolution_mode: Literal["tiny", "small", "base", "large", "gundam"] = "gundam"
+
+    # Batching and admission
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_queue_size: int = Field(100, ge=1)
+    batch_timeout: float = Field(2.0, ge=0)
+    batch_policy: Literal["timeout", "adaptive"] = "adaptive"
+    max_batch_urls: int = Field(100, ge=1)
+
+    # Task store
+    task_ttl: float = Field(3600, gt=0)
+    cleanup_interval: float = Field(300, gt=0)
+
+    # Inputs
+    max_image_size_mb: float = Field(20, gt=0)
+    image_download_timeout: float = Field(30, gt=0)
+    max_image_pixels: int = Field(60_000_000, ge=1)
+    pdf_dpi: int = Field(144, ge=36, le=600)
+    max_pdf_pages: int = Field(500, ge=1)
+    allow_private_urls: bool = False
+    max_redirects: int = Field(5, ge=0, le=20)
+
+    # Default OCR parameters
+    default_prompt: str = DEFAULT_PROMPT
+    default_temperature: float = Field(0.0, ge=0, le=2)
+    default_max_tokens: int = Field(8192, ge=1)
+    ngram_size: int = Field(30, ge=1)
+    window_size: int = Field(90, ge=1)
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Fake engine (tests and benchmarks)
+    fake_batch_latency: float = Field(0.05, ge=0)
+    fake_item_latency: float = Field(0.01, ge=0)
+    fake_memory_budget_mb: float = Field(0, ge=0)
+    fake_item_memory_mb: float = Field(0, ge=0)
+
+    # RapidOCR engine
+    rapidocr_threads: int = Field(2, ge=1, le=64)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("default_prompt", mode="after")
+    @classmethod
+    def _unescape_prompt(cls, value: str) -> str:
+        # `.env` files and shells pass "\n" literally, as the seed's example does.
+        return value.replace("\\n", "\n")
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Settings:
+        if self.window_size < self.ngram_size:
+            raise ValueError("OCR_WINDOW_SIZE must be at least OCR_NGRAM_SIZE")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_image_size_mb * 1024 * 1024)

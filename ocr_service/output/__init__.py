@@ -1,0 +1,1 @@
+"""Raw engine text -> clean Markdown and layout blocks in page pixels."""
