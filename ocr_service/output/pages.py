@@ -1,0 +1,163 @@
+"""One page's engine output -> clean Markdown and blocks in page pixels; pages joined.
+
+Two kinds of engine feed this:
+- DeepSeek models put layout in the text as grounding tags (see `grounding.py`); we
+  strip the tags from the Markdown and turn the boxes into pixel `Block`s.
+- Engines that detect line boxes themselves (RapidOCR) hand us `Block`s; the Markdown
+  is their texts in reading order.
+
+Decisions:
+- A grounded block with several boxes gives one `Block` per box, each carrying the
+  block's text (upstream draws and crops each box on its own; a union box would cover
+  unrelated page areas when the boxes are far apart). The Markdown holds the text once.
+- An `image` block becomes `![](images/page-{page}-{index}.png)` for each of its boxes;
+  `index` counts the page's image boxes from 1, in output order, so the k-th image
+  `Block` of page p is `images/page-p-k.png` (whoever crops the images uses that name).
+- `title` becomes a `# ` heading and `sub_title` a `## ` heading, unless the model
+  already wrote a heading (it usually does: "# Title").
+- Block text is the Markdown that block contributes (HTML for tables).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ocr_service.output.blocks import Block
+from ocr_service.output.grounding import clean_text, grid_to_pixels, parse_grounded
+
+# The separator upstream's run_dpsk_ocr_pdf.py writes between pages (seed 000 too).
+PAGE_SEPARATOR = "\n<--- Page Split --->\n"
+
+_HEADINGS = {"title": "# ", "sub_title": "## "}
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """A finished page as users see it."""
+
+    markdown: str
+    blocks: list[Block]
+    finish_reason: str
+    # finish_reason == "length": the page hit max_tokens, usually a repetition loop
+    # (DESIGN.md section 5). Never to be shown as a clean success.
+    truncated: bool
+    page: int | None = None  # 1-based page number, when known
+
+    def as_dict(self) -> dict:
+        out: dict = {} if self.page is None else {"page": self.page}
+        out.update(
+            markdown=self.markdown,
+            blocks=[block.as_dict() for block in self.blocks],
+            finish_reason=self.finish_reason,
+            truncated=self.truncated,
+        )
+        return out
+
+
+def render_page(
+    text: str,
+    finish_reason: str,
+    width: int,
+    height: int,
+    page_number: int,
+    blocks: Sequence[Block] | None = None,
+) -> PageResult:
+    """Turn one page's engine output into a `PageResult`.
+
+    `width`/`height` are the pixel size of the page image the engine saw; `page_number`
+    is 1-based and names the page's image references.
+    """
+    if blocks:
+        markdown, kept = _from_line_blocks(blocks)
+    elif blocks is not None:  # the engine detected nothing
+        markdown, kept = clean_text(text), []
+    else:
+        markdown, kept = _from_grounded_text(text, width, height, page_number)
+    return PageResult(
+        markdown=markdown,
+        blocks=kept,
+        finish_reason=finish_reason,
+        truncated=finish_reason == "length",
+        page=page_number,
+    )
+
+
+def join_pages(markdowns: Sequence[str]) -> str:
+    """Join pages' Markdown in order with the upstream page separator."""
+    return PAGE_SEPARATOR.join(markdowns)
+
+
+def image_name(page_number: int, index: int) -> str:
+    """Where the Markdown says the `index`-th (1-based) image region of a page lives."""
+    return f"images/page-{page_number}-{index}.png"
+
+
+def _from_grounded_text(text: str, width: int, height: int, page_number: int) -> tuple[str, list[Block]]:
+    """Grounded DeepSeek output -> Markdown parts and one Block per box."""
+    leading, spans = parse_grounded(text)
+    parts = [leading] if leading else []
+    blocks: list[Block] = []
+    images = 0
+    for span in spans:
+        body = _as_heading(span.label, span.text)
+        for box in span.boxes:
+            blocks.append(Block(label=span.label, bbox=grid_to_pixels(box, width, height), text=body))
+            if span.label == "image":
+                images += 1
+                parts.append(f"![]({image_name(page_number, images)})")
+        if body:
+            parts.append(body)
+    return _BLANK_LINES.sub("\n\n", "\n\n".join(parts)).strip(), blocks
+
+
+def _as_heading(label: str, text: str) -> str:
+    """Make title/sub_title a Markdown heading unless the model already wrote one."""
+    prefix = _HEADINGS.get(label)
+    if prefix is None or not text or text.startswith("#"):
+        return text
+    return prefix + " ".join(text.split())
+
+
+def _from_line_blocks(blocks: Sequence[Block]) -> tuple[str, list[Block]]:
+    """Line boxes -> text in reading order: lines top to bottom, boxes left to right.
+
+    Boxes whose vertical extents mostly overlap form one line (joined by spaces). A
+    vertical gap larger than most lines are tall starts a new paragraph. Columns are
+    not detected: two columns side by side interleave line by line.
+    """
+    lines: list[list[Block]] = []
+    for block in sorted(blocks, key=lambda b: (b.bbox[1], b.bbox[0])):
+        if lines and _same_line(lines[-1], block):
+            lines[-1].append(block)
+        else:
+            lines.append([block])
+    for line in lines:
+        line.sort(key=lambda b: b.bbox[0])
+
+    heights = [max(b.bbox[3] for b in line) - min(b.bbox[1] for b in line) for line in lines]
+    typical = statistics.median(heights) if heights else 0.0
+    out: list[str] = []
+    previous_bottom: float | None = None
+    for line in lines:
+        top = min(b.bbox[1] for b in line)
+        if previous_bottom is not None and out and out[-1] and top - previous_bottom > 0.75 * typical:
+            out.append("")
+        text = " ".join(b.text.strip() for b in line if b.text.strip())
+        if text:
+            out.append(text)
+        previous_bottom = max(b.bbox[3] for b in line)
+    ordered = [block for line in lines for block in line]
+    return "\n".join(out).strip(), ordered
+
+
+def _same_line(line: list[Block], block: Block) -> bool:
+    """True when `block` overlaps the line vertically by at least half the smaller height."""
+    top = min(b.bbox[1] for b in line)
+    bottom = max(b.bbox[3] for b in line)
+    overlap = min(bottom, block.bbox[3]) - max(top, block.bbox[1])
+    smaller = min(bottom - top, block.bbox[3] - block.bbox[1])
+    return smaller > 0 and overlap >= 0.5 * smaller
