@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ocr_service.documents.document import DocumentError, DocumentLimits
 
@@ -133,6 +133,8 @@ def _pillow_errors(media_type: str, page: int | None) -> Iterator[None]:
         raise
     except Image.DecompressionBombError as exc:
         raise DocumentError(f"{where} has too many pixels to decode safely.") from exc
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object
+        raise DocumentError(f"{where} is corrupt: its header cannot be read.") from exc
     except Exception as exc:  # Pillow's plugins raise many types on malformed input
         reason = str(exc)[:200] or type(exc).__name__
         raise DocumentError(f"{where} is truncated or corrupt and cannot be read ({reason}).") from exc
