@@ -7,6 +7,7 @@ page has a known size and colour.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import threading
 import zlib
@@ -55,7 +56,8 @@ def make_pdf(
         )
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
     if encrypt:  # RC4 40-bit standard handler whose empty user password does not match
-        objects.append(b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -44 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> >>")
+        owner, user = b"11" * 32, b"22" * 32
+        objects.append(b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -44 /O <%s> /U <%s> >>" % (owner, user))
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -241,7 +243,8 @@ def test_pixel_bomb_is_refused_from_the_header_before_any_decoding() -> None:
 
 
 def test_giant_pixel_bomb_is_refused_too() -> None:
-    with pytest.raises(DocumentError, match="pixels"):
+    # 10 gigapixels: Pillow's own bomb check fires first; the message still names our limit.
+    with pytest.raises(DocumentError, match="too many pixels; the limit is 20,000,000 pixels"):
         open_document(png_header_only(100_000, 100_000), LIMITS)
 
 
@@ -250,6 +253,13 @@ def test_big_png_over_the_full_check_size_is_verified_cheaply() -> None:
     assert open_document(data, LIMITS).render(0).size == (4000, 3100)
     with pytest.raises(DocumentError, match="truncated or corrupt"):
         open_document(data[:-40], LIMITS)
+
+
+def test_big_image_without_a_cheap_check_that_is_truncated_fails_at_render() -> None:
+    data = encode(Image.new("L", (4000, 3100), 255), "BMP")  # 12.4 MP: not decoded at open
+    document = open_document(data[: len(data) // 2], LIMITS)
+    with pytest.raises(DocumentError, match="BMP image is truncated or corrupt"):
+        document.render(0)
 
 
 # ---------------------------------------------------------------- PDFs
@@ -309,6 +319,7 @@ def test_zero_page_pdf_after_an_encrypted_one_is_not_called_encrypted() -> None:
         b"%PDF-1.7\n" + b"\x00garbage" * 50,
         b"%PDF-",
         make_pdf([(100, 100, RED)])[:60],  # truncated before any object ends
+        make_pdf([(100, 100, RED)] * 3)[:400],  # truncated mid-file: no xref, no trailer
     ],
 )
 def test_corrupt_pdfs_are_refused(data: bytes) -> None:
@@ -346,8 +357,6 @@ def test_oversized_pdf_page_is_rendered_scaled_down_to_the_pixel_limit() -> None
     [(612, 792, 144, 60_000_000), (14_400, 14_400, 144, 60_000_000), (1, 1, 144, 1), (333.3, 777.7, 300, 123_457)],
 )
 def test_render_scale_never_exceeds_the_limit(width: float, height: float, dpi: int, limit: int) -> None:
-    import math
-
     scale = render_scale(width, height, dpi, limit)
     assert scale <= dpi / 72
     assert math.ceil(width * scale) * math.ceil(height * scale) <= max(limit, 1)

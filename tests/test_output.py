@@ -114,7 +114,10 @@ def test_several_images_are_numbered_per_page_and_multi_box_refs_give_one_block_
     ],
 )
 def test_malformed_box_list_keeps_the_text_and_drops_the_box(box_list: str) -> None:
-    text = f"<|ref|>text<|/ref|><|det|>{box_list}<|/det|>\nKept text\n<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nNext"
+    text = (
+        f"<|ref|>text<|/ref|><|det|>{box_list}<|/det|>\nKept text\n"
+        "<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nNext"
+    )
     page = render_page(text, "stop", 999, 999, 1)
     assert page.markdown == "Kept text\n\nNext"
     assert [b.text for b in page.blocks] == ["Next"]
@@ -133,7 +136,8 @@ def test_boxes_are_clamped_to_the_page_and_ordered() -> None:
 
 
 def test_image_with_a_malformed_box_gets_no_image_reference() -> None:
-    page = render_page("<|ref|>image<|/ref|><|det|>[[1, 2]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0,0,1,1]]<|/det|>\nA", "stop", 10, 10, 1)
+    text = "<|ref|>image<|/ref|><|det|>[[1, 2]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0,0,1,1]]<|/det|>\nA"
+    page = render_page(text, "stop", 10, 10, 1)
     assert page.markdown == "A"
     assert [b.label for b in page.blocks] == ["text"]
 

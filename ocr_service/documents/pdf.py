@@ -6,7 +6,10 @@ incompatibility"; DESIGN.md section 6). Every pdfium call in the process therefo
 under one module-level lock. It is a plain `threading.Lock` on purpose: callers are
 worker threads, and the lock guards a process-wide C library, not service state, so
 it cannot live in an object made in the lifespan. A page takes 14-80 ms at 144 dpi,
-so the lock is held briefly.
+so the lock is held briefly. Measured on the 2-core dev machine: opening a 10-page PDF
+takes about 0.06 ms (pdfium parses lazily; 0.3 ms for 300 pages), rendering one A4 page
+at 144 dpi (1190x1684) 11-13 ms for a text page and 44-63 ms for a scanned page;
+reopening per page adds little (page 300 of 300: 16 ms).
 
 Nothing stays open between calls: `render` reopens the document from its bytes, draws
 one page and closes everything, so a waiting PDF costs its encoded bytes and no more,
