@@ -1,0 +1,1 @@
+"""The HTTP layer: routes and wire models. It talks to `OcrService` only."""

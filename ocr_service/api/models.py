@@ -1,0 +1,122 @@
+"""Request and response bodies, as the seed's API documents them (plus additive fields)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ocr_service.core.tasks import BatchJob, Task, TaskStatus
+
+
+class OcrOptions(BaseModel):
+    prompt: str | None = Field(None, max_length=4000, description="Defaults to OCR_DEFAULT_PROMPT")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=131072)
+
+
+class UrlRequest(OcrOptions):
+    url: str = Field(..., min_length=1, max_length=8192, examples=["https://example.com/page.png"])
+
+
+class UrlBatchRequest(OcrOptions):
+    urls: list[str] = Field(..., min_length=1, description="Capped by OCR_MAX_BATCH_URLS")
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: str
+
+
+class BatchAccepted(BaseModel):
+    batch_task_id: str
+    status: str
+
+
+class Progress(BaseModel):
+    pages_done: int
+    pages_total: int
+
+
+class PageView(BaseModel):
+    page: int
+    markdown: str
+    blocks: list[dict]
+    finish_reason: str
+    truncated: bool
+
+
+class TaskView(BaseModel):
+    task_id: str
+    status: str
+    created_at: float
+    updated_at: float
+    result: str | None = None
+    error: str | None = None
+    url: str | None = None
+    progress: Progress
+    pages: list[PageView] | None = None
+    warnings: list[str] | None = None
+    queue_position: int | None = None
+
+    @classmethod
+    def of(cls, task: Task, queue_position: int | None = None) -> TaskView:
+        finished = [page for page in task.pages if page is not None]
+        return cls(
+            task_id=task.id,
+            status=task.status.value,
+            created_at=task.created_at,
+            updated_at=task.updated_at,
+            result=task.result,
+            error=task.error,
+            url=task.url,
+            progress=Progress(pages_done=task.pages_done, pages_total=task.pages_total),
+            pages=[PageView(**page.as_dict()) for page in finished] if task.status.terminal and finished else None,
+            warnings=task.warnings or None,
+            queue_position=queue_position,
+        )
+
+
+class BatchItemView(BaseModel):
+    url: str
+    task_id: str
+    status: str
+    result: str | None = None
+    error: str | None = None
+
+
+class BatchView(BaseModel):
+    batch_task_id: str
+    status: str
+    total: int
+    completed: int
+    failed: int
+    pending: int
+    processing: int
+    cancelled: int
+    results: list[BatchItemView]
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, batch: BatchJob) -> BatchView:
+        return cls(
+            batch_task_id=batch.id,
+            status=batch.status.value,
+            total=len(batch.tasks),
+            completed=batch.count(TaskStatus.COMPLETED),
+            failed=batch.count(TaskStatus.FAILED),
+            pending=batch.count(TaskStatus.PENDING),
+            processing=batch.count(TaskStatus.PROCESSING),
+            cancelled=batch.count(TaskStatus.CANCELLED),
+            results=[
+                BatchItemView(
+                    url=task.url or "",
+                    task_id=task.id,
+                    status=task.status.value,
+                    result=task.result,
+                    error=task.error,
+                )
+                for task in batch.tasks
+            ],
+            created_at=batch.created_at,
+            updated_at=batch.updated_at,
+        )

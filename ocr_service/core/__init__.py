@@ -1,0 +1,1 @@
+"""Tasks, their store, the admission queue and the batcher."""

@@ -1,0 +1,157 @@
+"""Task and batch records: what a client submitted, where it stands, what came out.
+
+A task is one document (an image, a multi-frame TIFF or a PDF); each of its pages
+is a unit of work for the batcher. While the task waits it holds only the encoded
+document; pages are decoded when their batch runs, and the document is dropped
+as soon as the task ends.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ocr_service.documents import Document
+from ocr_service.output.pages import PageResult, join_pages
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class OcrParams:
+    """What the engine is asked for one document; every page keeps its task's own."""
+
+    prompt: str
+    temperature: float
+    max_tokens: int
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(eq=False)
+class Task:
+    params: OcrParams
+    url: str | None = None  # None for uploads
+    batch_id: str | None = None
+    owner: str | None = None  # the API key's fingerprint where keys are on
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    document: Document | None = None
+    pages: list[PageResult | None] = field(default_factory=list)
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    started_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.updated_at = self.created_at
+
+    @property
+    def pages_total(self) -> int:
+        return len(self.pages)
+
+    @property
+    def pages_done(self) -> int:
+        return sum(page is not None for page in self.pages)
+
+    @property
+    def result(self) -> str | None:
+        if self.status is not TaskStatus.COMPLETED:
+            return None
+        return join_pages([page.markdown for page in self.pages if page is not None])
+
+    def attach(self, document: Document) -> None:
+        """The document is known: its pages can be queued."""
+        self.document = document
+        self.pages = [None] * document.page_count
+        self._touch()
+
+    def mark_processing(self) -> None:
+        if self.status is TaskStatus.PENDING:
+            self.status = TaskStatus.PROCESSING
+            self.started_at = time.time()
+            self._touch()
+
+    def page_done(self, index: int, page: PageResult) -> None:
+        if self.status.terminal:
+            return
+        self.pages[index] = page
+        if page.truncated:
+            self.warnings.append(
+                f"page {index + 1} stopped at max_tokens ({self.params.max_tokens}): its text is incomplete, "
+                "usually because the model repeated itself; raise max_tokens or check the page"
+            )
+        self._touch()
+        if self.pages_done == self.pages_total:
+            self._finish(TaskStatus.COMPLETED)
+
+    def fail(self, error: str) -> None:
+        if not self.status.terminal:
+            self.error = error
+            self._finish(TaskStatus.FAILED)
+
+    def cancel(self) -> None:
+        if not self.status.terminal:
+            self._finish(TaskStatus.CANCELLED)
+
+    def _finish(self, status: TaskStatus) -> None:
+        self.status = status
+        self.finished_at = time.time()
+        self.document = None  # the encoded bytes are no longer needed
+        self._touch()
+
+    def _touch(self) -> None:
+        self.updated_at = time.time()
+
+
+@dataclass(eq=False)
+class BatchJob:
+    """A URL batch: its items are ordinary tasks; its status is derived from theirs."""
+
+    tasks: list[Task]
+    owner: str | None = None
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+
+    def count(self, status: TaskStatus) -> int:
+        return sum(task.status is status for task in self.tasks)
+
+    @property
+    def status(self) -> TaskStatus:
+        """Pending/processing while any item is; then failed if all failed, else completed."""
+        if any(not task.status.terminal for task in self.tasks):
+            if any(task.status is not TaskStatus.PENDING for task in self.tasks):
+                return TaskStatus.PROCESSING
+            return TaskStatus.PENDING
+        if all(task.status is TaskStatus.FAILED for task in self.tasks):
+            return TaskStatus.FAILED
+        if all(task.status is TaskStatus.CANCELLED for task in self.tasks):
+            return TaskStatus.CANCELLED
+        return TaskStatus.COMPLETED
+
+    @property
+    def updated_at(self) -> float:
+        return max([self.created_at, *(task.updated_at for task in self.tasks)])
+
+    @property
+    def finished_at(self) -> float | None:
+        """When the last item ended, or None while any is still running."""
+        if any(not task.status.terminal for task in self.tasks):
+            return None
+        return max([self.created_at, *(task.finished_at or 0.0 for task in self.tasks)])

@@ -1,0 +1,113 @@
+"""The embedded CPU engine: RapidOCR on onnxruntime, with models shipped in the wheel.
+
+It works offline right after `pip install`, so a fresh machine with no GPU can serve.
+It reads text lines only: prompts (grounding, figures, descriptions) are ignored, and
+each detected line becomes a block with its pixel box.
+
+Settings follow measurements on 2-core machines (DESIGN.md section 6): the angle
+classifier off (it flipped some long lines), the detector input capped at 960 px
+(about 2x faster, same accuracy), one recognition crop at a time, and one shared
+instance called from `threads` worker threads with one onnxruntime thread each.
+Everything is set at construction: per-call overrides write into the shared
+instance and would race between threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ocr_service.config import Settings
+from ocr_service.engines.base import BatchEngine, PageOutcome, PageOutput, PageRequest
+from ocr_service.output.blocks import Block
+
+
+class RapidOcrEngine(BatchEngine):
+    name = "rapidocr"
+
+    def __init__(self, threads: int = 2, det_limit_side_len: int = 960) -> None:
+        self.threads = threads
+        self.det_limit_side_len = det_limit_side_len
+        self._ocr = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RapidOcrEngine:
+        return cls(threads=settings.rapidocr_threads)
+
+    def load(self) -> None:
+        from rapidocr import RapidOCR
+
+        self._ocr = RapidOCR(
+            params={
+                "Global.use_cls": False,
+                "Global.log_level": "warning",
+                "Det.limit_type": "max",
+                "Det.limit_side_len": self.det_limit_side_len,
+                "Rec.rec_batch_num": 1,
+                "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+        )
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rapidocr")
+        # The first call loads models lazily (6-12 s): pay it now, not on a user's page.
+        self._read(np.full((64, 256, 3), 255, dtype=np.uint8))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+        if self._ocr is None or self._pool is None:
+            raise RuntimeError("RapidOcrEngine.load() was not called")
+        futures = [self._pool.submit(self._read_page, page) for page in pages]
+        outcomes: list[PageOutcome] = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:  # one bad page fails alone
+                outcomes.append(exc)
+        return outcomes
+
+    def _read_page(self, page: PageRequest) -> PageOutput:
+        # Pass an array, never a string: RapidOCR fetches strings that look like URLs.
+        blocks = self._read(np.asarray(page.image.convert("RGB")))
+        return PageOutput("\n".join(block.text for block in blocks), "stop", blocks=tuple(blocks))
+
+    def _read(self, image: np.ndarray) -> list[Block]:
+        result = self._ocr(image)
+        if result.boxes is None or result.txts is None:
+            return []
+        lines = [
+            Block("text", _bounding_box(points), text)
+            for points, text in zip(result.boxes, result.txts, strict=True)
+            if text.strip()
+        ]
+        return reading_order(lines)
+
+
+def _bounding_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    xs, ys = points[:, 0], points[:, 1]
+    return (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+
+def reading_order(lines: list[Block]) -> list[Block]:
+    """Sort lines top to bottom, and left to right within a visual row.
+
+    Two lines share a row when their vertical centres are closer than half the
+    smaller line height, so slightly skewed lines are not split into rows.
+    """
+    rows: list[list[Block]] = []
+    for line in sorted(lines, key=lambda b: (b.bbox[1] + b.bbox[3]) / 2):
+        centre = (line.bbox[1] + line.bbox[3]) / 2
+        height = line.bbox[3] - line.bbox[1]
+        if rows:
+            last = rows[-1][-1]
+            last_centre = (last.bbox[1] + last.bbox[3]) / 2
+            if abs(centre - last_centre) < min(height, last.bbox[3] - last.bbox[1]) / 2:
+                rows[-1].append(line)
+                continue
+        rows.append([line])
+    return [line for row in rows for line in sorted(row, key=lambda b: b.bbox[0])]

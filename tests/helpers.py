@@ -1,0 +1,124 @@
+"""Things tests make and do the way a client would: render pages, start apps, poll tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+from asgi_lifespan import LifespanManager
+from PIL import Image, ImageDraw, ImageFont
+
+from ocr_service.app import create_app
+from ocr_service.config import Settings
+from ocr_service.engines.base import Engine
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def settings(**overrides: object) -> Settings:
+    """Settings for tests: the fake engine, no `.env`, fast batching."""
+    values: dict[str, object] = {
+        "engine": "fake",
+        "batch_timeout": 0.05,
+        "fake_batch_latency": 0.0,
+        "fake_item_latency": 0.0,
+        "allow_private_urls": True,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def text_page(lines: list[str], size: tuple[int, int] = (1240, 1754), font_size: int = 40) -> Image.Image:
+    """An A4-like white page (150 dpi) with black text lines."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=font_size)
+    for number, line in enumerate(lines):
+        draw.text((100, 120 + number * int(font_size * 2)), line, fill="black", font=font)
+    return image
+
+
+def solid_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A small image whose pixels differ for every seed."""
+    image = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
+    image.putpixel((seed % size[0], (seed // size[0]) % size[1]), (255 - seed % 256, 0, 0))
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def running_app(app_settings: Settings, engine: Engine | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with its lifespan running, and an HTTP client talking to it in-process."""
+    app = create_app(app_settings, engine)
+    async with LifespanManager(app, startup_timeout=60):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ocr.test", timeout=30) as client:
+            client.app = app  # tests may peek at app.state.service
+            yield client
+
+
+async def upload(client: httpx.AsyncClient, data: bytes, filename: str = "page.png", **form: object) -> httpx.Response:
+    fields = {key: str(value) for key, value in form.items()}
+    return await client.post("/ocr", files={"file": (filename, data, "application/octet-stream")}, data=fields)
+
+
+async def wait_for_task(client: httpx.AsyncClient, task_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = (await client.get(f"/ocr/{task_id}")).json()
+        if body["status"] in TERMINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} still {body['status']} after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_batch(client: httpx.AsyncClient, batch_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = (await client.get(f"/ocr/batch/{batch_id}")).json()
+        if body["status"] in TERMINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} still {body['status']} after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def file_server(files: dict[str, bytes]) -> Iterator[str]:
+    """Serve `files` on 127.0.0.1 (as application/octet-stream); yields the base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
