@@ -183,6 +183,35 @@ def test_spans_carry_labels_boxes_and_text() -> None:
     assert spans[-1].text == "Figure 1. Sales"
 
 
+def test_ocr_this_image_output_puts_the_text_inside_the_refs() -> None:
+    # `<|grounding|>OCR this image.`: each ref is a line of text, nothing follows its box.
+    text = (
+        "<|ref|>INVOICE No. 42<|/ref|><|det|>[[100, 50, 500, 80]]<|/det|>\n"
+        "<|ref|>Total: 12.50 EUR<|/ref|><|det|>[[100, 900, 400, 930]]<|/det|>\n"
+        "<|ref|>text<|/ref|><|det|>[[100, 950, 200, 970]]<|/det|>"  # a word that is also a label
+    )
+    page = render_page(text, "stop", 999, 999, 1)
+    assert page.markdown == "INVOICE No. 42\nTotal: 12.50 EUR\ntext"
+    assert [(b.label, b.text) for b in page.blocks] == [
+        ("text", "INVOICE No. 42"),
+        ("text", "Total: 12.50 EUR"),
+        ("text", "text"),
+    ]
+    assert page.blocks[1].bbox == (100.0, 900.0, 400.0, 930.0)
+
+
+def test_locate_output_gives_one_block_per_occurrence() -> None:
+    page = render_page("<|ref|>Total<|/ref|><|det|>[[10, 10, 50, 20], [10, 500, 50, 510]]<|/det|>", "stop", 999, 999, 1)
+    assert page.markdown == "Total"
+    assert [b.bbox for b in page.blocks] == [(10.0, 10.0, 50.0, 20.0), (10.0, 500.0, 50.0, 510.0)]
+
+
+def test_page_of_only_images_is_still_layout_output() -> None:
+    page = render_page("<|ref|>image<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>", "stop", 999, 999, 4)
+    assert page.markdown == "![](images/page-4-1.png)"
+    assert page.blocks[0].label == "image"
+
+
 def test_line_blocks_give_markdown_in_reading_order() -> None:
     # Shuffled, like an engine might hand them over; two lines, then a paragraph gap.
     blocks = [

@@ -11,6 +11,10 @@ deepseek-ai/DeepSeek-OCR `DeepSeek-OCR-vllm/run_dpsk_ocr_pdf.py`; upstream reads
 list with `eval`, we use `ast.literal_eval` so model output can never run code.
 Labels seen in real output: title, sub_title, text, table, image, image_caption,
 table_caption, equation, header, footer, page_number (DESIGN.md section 5).
+
+Other grounding prompts put the recognised text itself inside `<|ref|>` and write
+nothing after the box list: `<|grounding|>OCR this image.` (one ref per line of text)
+and `Locate <|ref|>TEXT<|/ref|> in the image.` `is_layout` tells the two apart.
 """
 
 from __future__ import annotations
@@ -48,7 +52,18 @@ _SPECIAL_TOKENS = (
     "<｜▁pad▁｜>",
 )
 _SPECIAL = re.compile("|".join(re.escape(token) for token in _SPECIAL_TOKENS))
-_MAX_BOX_LIST_CHARS = 20_000  # bounds the literal parser's work on runaway output
+_MAX_BOX_LIST_CHARS = 20_000
+
+# Layout labels of DeepSeek-OCR and DeepSeek-OCR-2 output (plus close variants), used
+# only to tell layout output from text-in-ref output.
+LAYOUT_LABELS = frozenset(
+    {
+        "title", "sub_title", "text", "table", "image", "image_caption", "table_caption",
+        "table_footnote", "table_title", "figure", "figure_title", "figure_caption", "caption",
+        "equation", "formula", "header", "footer", "page_header", "page_footer", "page_number",
+        "footnote", "list", "list_item", "code", "algorithm", "abstract", "reference", "seal",
+    }
+)  # fmt: skip  # bounds the literal parser's work on runaway output
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,17 @@ def parse_grounded(text: str) -> tuple[str, list[GroundedSpan]]:
             )
         )
     return leading, spans
+
+
+def is_layout(spans: list[GroundedSpan]) -> bool:
+    """True for layout output (label, boxes, then text); False when refs hold the text.
+
+    Text-in-ref output writes nothing after each box list and its refs are arbitrary
+    text; layout output has text after most blocks (images aside) and known labels.
+    """
+    if any(span.text for span in spans):
+        return True
+    return all(span.label in LAYOUT_LABELS for span in spans)
 
 
 def parse_boxes(raw: str) -> tuple[Box, ...]:

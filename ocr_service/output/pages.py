@@ -16,6 +16,8 @@ Decisions:
 - `title` becomes a `# ` heading and `sub_title` a `## ` heading, unless the model
   already wrote a heading (it usually does: "# Title").
 - Block text is the Markdown that block contributes (HTML for tables).
+- Output whose refs hold the text itself (`<|grounding|>OCR this image.`, `Locate`)
+  gives one line of Markdown per ref and blocks labelled "text".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ocr_service.output.blocks import Block
-from ocr_service.output.grounding import clean_text, grid_to_pixels, parse_grounded
+from ocr_service.output.grounding import GroundedSpan, clean_text, grid_to_pixels, is_layout, parse_grounded
 
 # The separator upstream's run_dpsk_ocr_pdf.py writes between pages (seed 000 too).
 PAGE_SEPARATOR = "\n<--- Page Split --->\n"
@@ -99,6 +101,8 @@ def image_name(page_number: int, index: int) -> str:
 def _from_grounded_text(text: str, width: int, height: int, page_number: int) -> tuple[str, list[Block]]:
     """Grounded DeepSeek output -> Markdown parts and one Block per box."""
     leading, spans = parse_grounded(text)
+    if spans and not is_layout(spans):
+        return _from_text_refs(leading, spans, width, height)
     parts = [leading] if leading else []
     blocks: list[Block] = []
     images = 0
@@ -112,6 +116,20 @@ def _from_grounded_text(text: str, width: int, height: int, page_number: int) ->
         if body:
             parts.append(body)
     return _BLANK_LINES.sub("\n\n", "\n\n".join(parts)).strip(), blocks
+
+
+def _from_text_refs(
+    leading: str, spans: list[GroundedSpan], width: int, height: int
+) -> tuple[str, list[Block]]:
+    """Refs that hold the recognised text: one Markdown line and one block per box each."""
+    lines = [leading] if leading else []
+    blocks: list[Block] = []
+    for span in spans:
+        line = clean_text(span.label)
+        if line:
+            lines.append(line)
+        blocks.extend(Block(label="text", bbox=grid_to_pixels(box, width, height), text=line) for box in span.boxes)
+    return "\n".join(lines).strip(), blocks
 
 
 def _as_heading(label: str, text: str) -> str:
