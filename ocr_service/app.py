@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ocr_service import __version__
+from ocr_service.api.limits import BodyLimitMiddleware
 from ocr_service.api.routes import MULTIPART_OVERHEAD, router
 from ocr_service.config import Settings
 from ocr_service.core.batcher import Batcher
@@ -77,9 +78,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         version=__version__,
         description="Images and PDFs in, Markdown with layout boxes out, through a bounded queue and a micro-batcher.",
         lifespan=lifespan,
-        max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
     )
     app.include_router(router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        limit_text=f"OCR_MAX_IMAGE_SIZE_MB={settings.max_image_size_mb:g}",
+    )
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
@@ -105,4 +110,5 @@ def service_config(settings: Settings, engine: Engine) -> ServiceConfig:
         defaults=OcrParams(settings.default_prompt, settings.default_temperature, settings.default_max_tokens),
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_urls=settings.max_batch_urls,
+        sync_timeout=settings.sync_timeout,
     )

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     batch_timeout: float = Field(2.0, ge=0)
     batch_policy: Literal["timeout", "adaptive"] = "adaptive"
     max_batch_urls: int = Field(100, ge=1)
+    sync_timeout: float = Field(300, gt=0)  # POST /ocr_batch answers 504 (with task ids) past this
 
     # Task store
     task_ttl: float = Field(3600, gt=0)

@@ -21,6 +21,27 @@ class UrlBatchRequest(OcrOptions):
     urls: list[str] = Field(..., min_length=1, description="Capped by OCR_MAX_BATCH_URLS")
 
 
+class SyncBatchInput(BaseModel):
+    images: list[str] | None = None
+    pdfs: list[str] | None = None
+
+
+class SyncBatchRequest(BaseModel):
+    """Seed 000's request: image and PDF URLs, one prompt."""
+
+    input: SyncBatchInput
+    prompt: str = Field("<image>\nFree OCR.", max_length=4000)
+
+
+class SyncBatchResponse(BaseModel):
+    """Seed 000's answer, one string per input (a PDF's pages joined), plus task ids and errors."""
+
+    output: list[str]
+    errors: list[str | None]
+    task_ids: list[str]
+    batch_task_id: str
+
+
 class TaskAccepted(BaseModel):
     task_id: str
     status: str

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from ocr_service.api.models import (
     BatchAccepted,
     BatchView,
+    SyncBatchRequest,
+    SyncBatchResponse,
     TaskAccepted,
     TaskView,
     UrlBatchRequest,
@@ -23,6 +25,7 @@ router = APIRouter()
 
 # Room for the multipart framing and form fields around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+MAX_LONG_POLL_SECONDS = 60
 
 
 def get_service(request: Request) -> OcrService:
@@ -71,6 +74,39 @@ async def submit_url_batch(body: UrlBatchRequest, service: Service) -> BatchAcce
     return BatchAccepted(batch_task_id=batch.id, status=batch.status.value)
 
 
+@router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}})
+async def ocr_batch(body: SyncBatchRequest, service: Service) -> SyncBatchResponse | JSONResponse:
+    """Seed 000's synchronous API, served through the same queue and batcher.
+
+    Past OCR_SYNC_TIMEOUT it answers 504 with the task ids: the work goes on and the
+    results can be polled, so nothing is lost.
+    """
+    urls = [*(body.input.images or []), *(body.input.pdfs or [])]
+    if not urls:
+        raise HTTPException(422, "input.images or input.pdfs must list at least one URL")
+    limit = service.config.max_batch_urls
+    if len(urls) > limit:
+        raise HTTPException(422, f"a batch may hold at most {limit} URLs (OCR_MAX_BATCH_URLS); got {len(urls)}")
+    batch = service.submit_url_batch(urls, service.params(body.prompt, None, None))
+    task_ids = [task.id for task in batch.tasks]
+    if not await service.wait_for(batch.tasks, service.config.sync_timeout):
+        return JSONResponse(
+            {
+                "detail": f"not finished within {service.config.sync_timeout:g} s (OCR_SYNC_TIMEOUT); "
+                "the work goes on: poll GET /ocr/batch/{batch_task_id} or each task",
+                "batch_task_id": batch.id,
+                "task_ids": task_ids,
+            },
+            status_code=504,
+        )
+    return SyncBatchResponse(
+        output=[task.result or "" for task in batch.tasks],
+        errors=[task.error for task in batch.tasks],
+        task_ids=task_ids,
+        batch_task_id=batch.id,
+    )
+
+
 @router.get("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True)
 async def get_batch(batch_task_id: str, service: Service) -> BatchView:
     batch = service.get_batch(batch_task_id)
@@ -80,10 +116,16 @@ async def get_batch(batch_task_id: str, service: Service) -> BatchView:
 
 
 @router.get("/ocr/{task_id}", response_model=TaskView, response_model_exclude_none=True)
-async def get_task(task_id: str, service: Service) -> TaskView:
+async def get_task(
+    task_id: str,
+    service: Service,
+    wait: Annotated[float, Query(ge=0, le=MAX_LONG_POLL_SECONDS, description="Seconds to wait for the task to end")] = 0,
+) -> TaskView:
     task = service.get_task(task_id)
     if task is None:
         raise HTTPException(404, f"task {task_id} not found (unknown, or expired after OCR_TASK_TTL)")
+    if wait:
+        await service.wait_for([task], wait)
     return TaskView.of(task, service.queue_position(task))
 
 

@@ -42,6 +42,7 @@ class ServiceConfig:
     defaults: OcrParams  # used where a request leaves a parameter out
     max_upload_bytes: int
     max_batch_urls: int
+    sync_timeout: float  # how long POST /ocr_batch waits before answering 504
 
 
 class OcrService:
@@ -149,6 +150,16 @@ class OcrService:
         await asyncio.gather(*self._downloads, return_exceptions=True)
 
     # -- reading state ---------------------------------------------------------
+
+    async def wait_for(self, tasks: list[Task], timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every task to end; True if they all did."""
+        try:
+            async with asyncio.timeout(timeout):
+                for task in tasks:
+                    await task.finished.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
         task = self.store.get(task_id)

@@ -8,6 +8,7 @@ as soon as the task ends.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Task:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     started_at: float | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set when terminal
 
     def __post_init__(self) -> None:
         self.updated_at = self.created_at
@@ -115,6 +117,7 @@ class Task:
         self.finished_at = time.time()
         self.document = None  # the encoded bytes are no longer needed
         self._touch()
+        self.finished.set()
 
     def _touch(self) -> None:
         self.updated_at = time.time()
