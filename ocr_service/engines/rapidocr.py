@@ -2,7 +2,8 @@
 
 It works offline right after `pip install`, so a fresh machine with no GPU can serve.
 It reads text lines only: prompts (grounding, figures, descriptions) are ignored, and
-each detected line becomes a block with its pixel box.
+each detected line becomes a block with its pixel box; `output.pages` puts them in
+reading order.
 
 Settings follow measurements on 2-core machines (DESIGN.md section 6): the angle
 classifier off (it flipped some long lines), the detector input capped at 960 px
@@ -80,34 +81,14 @@ class RapidOcrEngine(BatchEngine):
         result = self._ocr(image)
         if result.boxes is None or result.txts is None:
             return []
-        lines = [
+        # Reading order is decided in `output.pages`, the same for every engine.
+        return [
             Block("text", _bounding_box(points), text)
             for points, text in zip(result.boxes, result.txts, strict=True)
             if text.strip()
         ]
-        return reading_order(lines)
 
 
 def _bounding_box(points: np.ndarray) -> tuple[float, float, float, float]:
     xs, ys = points[:, 0], points[:, 1]
     return (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-
-
-def reading_order(lines: list[Block]) -> list[Block]:
-    """Sort lines top to bottom, and left to right within a visual row.
-
-    Two lines share a row when their vertical centres are closer than half the
-    smaller line height, so slightly skewed lines are not split into rows.
-    """
-    rows: list[list[Block]] = []
-    for line in sorted(lines, key=lambda b: (b.bbox[1] + b.bbox[3]) / 2):
-        centre = (line.bbox[1] + line.bbox[3]) / 2
-        height = line.bbox[3] - line.bbox[1]
-        if rows:
-            last = rows[-1][-1]
-            last_centre = (last.bbox[1] + last.bbox[3]) / 2
-            if abs(centre - last_centre) < min(height, last.bbox[3] - last.bbox[1]) / 2:
-                rows[-1].append(line)
-                continue
-        rows.append([line])
-    return [line for row in rows for line in sorted(row, key=lambda b: b.bbox[0])]
