@@ -73,6 +73,7 @@ class Batcher:
         self.in_flight_pages = 0
         self._in_flight_batches: set[asyncio.Task[None]] = set()
         self._clean_batches = 0
+        self._largest_fit = 0  # largest clean batch since the last out-of-memory error
         self._wakeup = asyncio.Event()
         queue.on_arrival = self._wakeup.set
 
@@ -202,7 +203,12 @@ class Batcher:
             )
             return
         half = len(items) // 2
-        self.cap = max(1, min(self.cap, half))
+        # Lower the cap to what is known to fit: the largest clean batch since the last
+        # out-of-memory error when it is smaller than this one (a climb that went one page
+        # too far drops back one page, not to half), else half of this batch.
+        fitted = self._largest_fit if self._largest_fit < len(items) else 0
+        self.cap = max(1, min(self.cap, max(half, fitted)))
+        self._largest_fit = 0  # evidence from before this error may not hold for these pages
         logger.warning("out of memory on a batch of %d pages; retrying halves, cap now %d", len(items), self.cap)
         await self._infer(items[:half])
         await self._infer(items[half:])
@@ -218,6 +224,7 @@ class Batcher:
             rate = size / seconds
             old = stats.throughput
             stats.throughput = rate if old is None else old + THROUGHPUT_SMOOTHING * (rate - old)
+        self._largest_fit = max(self._largest_fit, size)
         if self.cap < self.batch_size and size >= self.cap:
             self._clean_batches += 1
             if self._clean_batches >= RECOVERY_BATCHES:
