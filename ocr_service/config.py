@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
@@ -63,6 +64,12 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_grace: float = Field(25, ge=0)  # seconds running batches get to finish after SIGTERM
+
+    # Access
+    api_keys: SecretStr = SecretStr("")  # comma-separated; empty = no keys needed
+    rate_limit: str = ""  # per client, e.g. "60/minute"; empty = off
 
     # Fake engine (tests and benchmarks)
     fake_batch_latency: float = Field(0.05, ge=0)
@@ -78,6 +85,22 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("rate_limit", mode="after")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        # Parsed here so a typo stops the start instead of turning the limit off.
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit such as '60/minute' or '10/second;1000/day': {exc}") from exc
+        return value.strip()
+
     @field_validator("default_prompt", mode="after")
     @classmethod
     def _unescape_prompt(cls, value: str) -> str:
@@ -89,6 +112,10 @@ class Settings(BaseSettings):
         if self.window_size < self.ngram_size:
             raise ValueError("OCR_WINDOW_SIZE must be at least OCR_NGRAM_SIZE")
         return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -76,10 +76,13 @@ class TaskView(BaseModel):
     progress: Progress
     pages: list[PageView] | None = None
     warnings: list[str] | None = None
-    queue_position: int | None = None
+    queue_position: int | None = Field(None, description="Pages waiting ahead of this task (0 = next)")
+    estimated_wait_s: float | None = Field(
+        None, description="Seconds until this waiting task is likely done, from the measured throughput"
+    )
 
     @classmethod
-    def of(cls, task: Task, queue_position: int | None = None) -> TaskView:
+    def of(cls, task: Task, queue_position: int | None = None, estimated_wait_s: float | None = None) -> TaskView:
         finished = [page for page in task.pages if page is not None]
         return cls(
             task_id=task.id,
@@ -93,6 +96,7 @@ class TaskView(BaseModel):
             pages=[PageView(**page.as_dict()) for page in finished] if task.status.terminal and finished else None,
             warnings=task.warnings or None,
             queue_position=queue_position,
+            estimated_wait_s=estimated_wait_s,
         )
 
 

@@ -1,4 +1,4 @@
-"""The seed's HTTP API: submit uploads and URLs, poll tasks and batches, read stats."""
+"""The seed's HTTP API: submit uploads and URLs, poll and cancel tasks and batches, read stats."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
+
+from ocr_service.api.middleware import note_task
 
 from ocr_service.api.models import (
     BatchAccepted,
@@ -17,11 +19,15 @@ from ocr_service.api.models import (
     UrlBatchRequest,
     UrlRequest,
 )
-from ocr_service.core.service import OcrService
+from ocr_service.api.security import Owner
+from ocr_service.core.service import CancelRefused, OcrService
 from ocr_service.documents import DocumentError
 from ocr_service.documents.fetch import FetchError
 
 router = APIRouter()
+
+TASK_NOT_FOUND = "task {} not found (unknown, or expired after OCR_TASK_TTL)"
+BATCH_NOT_FOUND = "batch task {} not found (unknown, or expired after OCR_TASK_TTL)"
 
 # Room for the multipart framing and form fields around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -37,7 +43,9 @@ Service = Annotated[OcrService, Depends(get_service)]
 
 @router.post("/ocr", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
 async def submit_upload(
+    request: Request,
     service: Service,
+    owner: Owner,
     file: Annotated[UploadFile, File(description="An image (PNG, JPEG, WebP, TIFF, BMP, GIF) or a PDF")],
     prompt: Annotated[str | None, Form(max_length=4000)] = None,
     temperature: Annotated[float | None, Form(ge=0, le=2)] = None,
@@ -50,32 +58,35 @@ async def submit_upload(
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
     try:
-        task = await service.submit_upload(data, service.params(prompt, temperature, max_tokens))
+        task = await service.submit_upload(data, service.params(prompt, temperature, max_tokens), owner)
     except DocumentError as exc:
         raise HTTPException(422, str(exc)) from exc
+    note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
-async def submit_url(body: UrlRequest, service: Service) -> TaskAccepted:
+async def submit_url(body: UrlRequest, request: Request, service: Service, owner: Owner) -> TaskAccepted:
     try:
-        task = service.submit_url(body.url, service.params(body.prompt, body.temperature, body.max_tokens))
+        task = service.submit_url(body.url, service.params(body.prompt, body.temperature, body.max_tokens), owner)
     except FetchError as exc:
         raise HTTPException(422, str(exc)) from exc
+    note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
-async def submit_url_batch(body: UrlBatchRequest, service: Service) -> BatchAccepted:
+async def submit_url_batch(body: UrlBatchRequest, request: Request, service: Service, owner: Owner) -> BatchAccepted:
     limit = service.config.max_batch_urls
     if len(body.urls) > limit:
         raise HTTPException(422, f"a batch may hold at most {limit} URLs (OCR_MAX_BATCH_URLS); got {len(body.urls)}")
-    batch = service.submit_url_batch(body.urls, service.params(body.prompt, body.temperature, body.max_tokens))
+    batch = service.submit_url_batch(body.urls, service.params(body.prompt, body.temperature, body.max_tokens), owner)
+    note_task(request, batch.id)
     return BatchAccepted(batch_task_id=batch.id, status=batch.status.value)
 
 
 @router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}})
-async def ocr_batch(body: SyncBatchRequest, service: Service) -> SyncBatchResponse | JSONResponse:
+async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, owner: Owner) -> SyncBatchResponse | JSONResponse:
     """Seed 000's synchronous API, served through the same queue and batcher.
 
     Past OCR_SYNC_TIMEOUT it answers 504 with the task ids: the work goes on and the
@@ -87,7 +98,8 @@ async def ocr_batch(body: SyncBatchRequest, service: Service) -> SyncBatchRespon
     limit = service.config.max_batch_urls
     if len(urls) > limit:
         raise HTTPException(422, f"a batch may hold at most {limit} URLs (OCR_MAX_BATCH_URLS); got {len(urls)}")
-    batch = service.submit_url_batch(urls, service.params(body.prompt, None, None))
+    batch = service.submit_url_batch(urls, service.params(body.prompt, None, None), owner)
+    note_task(request, batch.id)
     task_ids = [task.id for task in batch.tasks]
     if not await service.wait_for(batch.tasks, service.config.sync_timeout):
         return JSONResponse(
@@ -108,10 +120,19 @@ async def ocr_batch(body: SyncBatchRequest, service: Service) -> SyncBatchRespon
 
 
 @router.get("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True)
-async def get_batch(batch_task_id: str, service: Service) -> BatchView:
-    batch = service.get_batch(batch_task_id)
+async def get_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
+    batch = service.get_batch(batch_task_id, owner)
     if batch is None:
-        raise HTTPException(404, f"batch task {batch_task_id} not found (unknown, or expired after OCR_TASK_TTL)")
+        raise HTTPException(404, BATCH_NOT_FOUND.format(batch_task_id))
+    return BatchView.of(batch)
+
+
+@router.delete("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True)
+async def cancel_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
+    """Cancel the batch's waiting items; running and finished ones are left as they are."""
+    batch = service.cancel_batch(batch_task_id, owner)
+    if batch is None:
+        raise HTTPException(404, BATCH_NOT_FOUND.format(batch_task_id))
     return BatchView.of(batch)
 
 
@@ -119,21 +140,34 @@ async def get_batch(batch_task_id: str, service: Service) -> BatchView:
 async def get_task(
     task_id: str,
     service: Service,
+    owner: Owner,
     wait: Annotated[float, Query(ge=0, le=MAX_LONG_POLL_SECONDS, description="Seconds to wait for the task to end")] = 0,
 ) -> TaskView:
-    task = service.get_task(task_id)
+    task = service.get_task(task_id, owner)
     if task is None:
-        raise HTTPException(404, f"task {task_id} not found (unknown, or expired after OCR_TASK_TTL)")
+        raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
     if wait:
         await service.wait_for([task], wait)
-    return TaskView.of(task, service.queue_position(task))
+    return TaskView.of(task, service.queue_position(task), service.estimated_wait(task))
+
+
+@router.delete(
+    "/ocr/{task_id}",
+    response_model=TaskView,
+    response_model_exclude_none=True,
+    responses={409: {"description": "The task is running or has already ended"}},
+)
+async def cancel_task(task_id: str, service: Service, owner: Owner) -> TaskView:
+    """Cancel a waiting task and free its place in the queue; a running one answers 409."""
+    try:
+        task = service.cancel_task(task_id, owner)
+    except CancelRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+    if task is None:
+        raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
+    return TaskView.of(task)
 
 
 @router.get("/stats")
-async def get_stats(service: Service) -> dict[str, object]:
+async def get_stats(service: Service, _owner: Owner) -> dict[str, object]:
     return service.stats()
-
-
-@router.get("/health")
-async def health() -> JSONResponse:
-    return JSONResponse({"status": "ok"})

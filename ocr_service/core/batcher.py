@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from PIL import Image
 
@@ -34,6 +34,17 @@ logger = logging.getLogger(__name__)
 BatchPolicy = Literal["timeout", "adaptive"]
 RECOVERY_BATCHES = 8  # clean batches at the cap before it grows by one page again
 THROUGHPUT_SMOOTHING = 0.3  # weight of the newest batch in the pages/s estimate
+
+
+class BatchObserver(Protocol):
+    """Told about every batch (metrics); the batcher works the same without one."""
+
+    def batch_formed(self, size: int, waited: float) -> None: ...
+    def batch_ran(self, size: int, seconds: float) -> None: ...
+
+
+class BatcherCrashed(Exception):
+    """A batch ended with an error no page handler caught; the batcher cannot go on."""
 
 
 @dataclass
@@ -75,6 +86,8 @@ class Batcher:
         self._clean_batches = 0
         self._largest_fit = 0  # largest clean batch since the last out-of-memory error
         self._wakeup = asyncio.Event()
+        self._crash: BaseException | None = None
+        self.observer: BatchObserver | None = None
         queue.on_arrival = self._wakeup.set
 
     @property
@@ -85,6 +98,7 @@ class Batcher:
         """Form and launch batches for the life of the app."""
         try:
             while True:
+                self._raise_if_crashed()
                 await self._wait_for_room()
                 await self._wait_for_pages()
                 jobs = self.queue.take(self.cap - self.in_flight_pages)
@@ -93,6 +107,10 @@ class Batcher:
         finally:
             for batch in self._in_flight_batches:
                 batch.cancel()
+
+    def _raise_if_crashed(self) -> None:
+        if self._crash is not None:
+            raise BatcherCrashed(f"a batch crashed: {self._crash!r}") from self._crash
 
     async def drain(self) -> None:
         """Wait for the batches already in the engine to finish."""
@@ -109,6 +127,7 @@ class Batcher:
 
     async def _wait_for_room(self) -> None:
         while not self._has_room():
+            self._raise_if_crashed()
             await self._sleep_until_woken()
 
     async def _wait_for_pages(self) -> None:
@@ -118,6 +137,7 @@ class Batcher:
             room = self.cap - self.in_flight_pages
             first_arrival = self.queue.oldest_arrival()
             if first_arrival is None:
+                self._raise_if_crashed()
                 await self._sleep_until_woken()
                 continue
             if self.queue.pages_queued >= room or self.policy == "adaptive":
@@ -136,6 +156,8 @@ class Batcher:
 
     def _launch(self, jobs: list[PageJob]) -> None:
         self.in_flight_pages += len(jobs)
+        if self.observer is not None:
+            self.observer.batch_formed(len(jobs), time.monotonic() - jobs[0].arrived_at)
         for job in jobs:
             job.task.mark_processing()
         batch = asyncio.create_task(self._run_batch(jobs), name=f"ocr-batch-{self.stats.batches_run}")
@@ -144,6 +166,10 @@ class Batcher:
 
     def _batch_done(self, batch: asyncio.Task[None]) -> None:
         self._in_flight_batches.discard(batch)
+        if not batch.cancelled() and batch.exception() is not None:
+            # Exceptions are caught per page; what gets here (a BaseException from the
+            # engine, say) leaves its tasks hanging, so the whole batcher stops.
+            self._crash = batch.exception()
         self._wakeup.set()
 
     # -- running batches -------------------------------------------------------
@@ -219,6 +245,8 @@ class Batcher:
         stats.pages_run += size
         stats.last_batch_size = size
         stats.engine_seconds += seconds
+        if self.observer is not None:
+            self.observer.batch_ran(size, seconds)
         stats.batch_sizes = [*stats.batch_sizes[-999:], size]
         if seconds > 0:
             rate = size / seconds

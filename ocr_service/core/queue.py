@@ -39,6 +39,7 @@ class PageQueue:
         self.limit = limit
         self._jobs: deque[PageJob] = deque()
         self._reserved = 0  # documents admitted but not yet fetched or opened
+        self._closed_retry_after: int | None = None  # set once the service stops admitting
         # Called whenever pages arrive; the batcher sets it to wake itself up.
         self.on_arrival: Callable[[], None] = lambda: None
 
@@ -54,8 +55,18 @@ class PageQueue:
     def is_full(self) -> bool:
         return self.waiting >= self.limit
 
+    @property
+    def closed(self) -> bool:
+        return self._closed_retry_after is not None
+
+    def close(self, retry_after: int) -> None:
+        """Admit nothing more (shutdown, or the batcher died): every submission gets 503."""
+        self._closed_retry_after = max(1, retry_after)
+
     def ensure_room(self, throughput: float | None) -> None:
         """Raise QueueFull, with a retry estimate from `throughput` (pages/s), when full."""
+        if self._closed_retry_after is not None:
+            raise QueueFull(self._closed_retry_after)
         if self.is_full():
             raise QueueFull(self.retry_after(throughput))
 

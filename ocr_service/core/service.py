@@ -25,6 +25,10 @@ MAX_CONCURRENT_DOWNLOADS = 16
 IMAGE_TOKEN = "<image>"
 
 
+class CancelRefused(Exception):
+    """Only waiting work can be cancelled: the task is running or has ended."""
+
+
 def normalize_prompt(prompt: str) -> str:
     """DeepSeek prompts start with the image placeholder; add it where a client left it out."""
     prompt = prompt.replace("\\n", "\n")  # curl -F sends a typed "\n" literally
@@ -62,7 +66,7 @@ class OcrService:
         self.limits = limits
         self.config = config
         self.started_at = time.time()
-        self._downloads: set[asyncio.Task[None]] = set()
+        self._downloads: dict[str, asyncio.Task[None]] = {}  # by task id, so cancelling can stop one
         self._download_slots = asyncio.Semaphore(MAX_CONCURRENT_DOWNLOADS)
 
     # -- submitting work -------------------------------------------------------
@@ -119,35 +123,86 @@ class OcrService:
 
     def _start_download(self, task: Task) -> None:
         download = asyncio.create_task(self._download(task), name=f"download-{task.id}")
-        self._downloads.add(download)
-        download.add_done_callback(self._downloads.discard)
+        self._downloads[task.id] = download
+        download.add_done_callback(lambda _: self._downloads.pop(task.id, None))
 
     async def _download(self, task: Task) -> None:
+        queued = False
         try:
             async with self._download_slots:
                 if task.status.terminal:  # cancelled while it waited for a slot
                     return
                 data = await self.fetcher.fetch(task.url or "")
             document = await asyncio.to_thread(open_document, data, self.limits)
+            if not task.status.terminal:
+                task.attach(document)
+                self.queue.put_pages(task)  # turns the reservation into queued pages
+                queued = True
         except (FetchError, DocumentError) as exc:
-            self.queue.release()
             task.fail(f"{task.url}: {exc}")
-            return
         except Exception as exc:
             logger.exception("download of %s failed", task.url)
-            self.queue.release()
             task.fail(f"{task.url}: could not fetch the document ({type(exc).__name__})")
-            return
-        if task.status.terminal:
-            self.queue.release()
-            return
-        task.attach(document)
-        self.queue.put_pages(task)
+        finally:
+            if not queued:  # failed, cancelled or stopped: its slot is free again
+                self.queue.release()
 
     async def aclose(self) -> None:
-        for download in list(self._downloads):
+        downloads = list(self._downloads.values())
+        for download in downloads:
             download.cancel()
-        await asyncio.gather(*self._downloads, return_exceptions=True)
+        await asyncio.gather(*downloads, return_exceptions=True)
+
+    # -- cancelling and ending work --------------------------------------------
+
+    def cancel_task(self, task_id: str, owner: str | None = None) -> Task | None:
+        """Cancel a waiting task and free its queue slot; None if unknown to this owner.
+
+        Raises CancelRefused for a running task: its pages are in the engine and
+        cannot be taken back. Cancelling a cancelled task again is harmless.
+        """
+        task = self.get_task(task_id, owner)
+        if task is None or task.status is TaskStatus.CANCELLED:
+            return task
+        if task.status is TaskStatus.PROCESSING:
+            raise CancelRefused(f"task {task_id} is running; only a waiting task can be cancelled")
+        if task.status.terminal:
+            raise CancelRefused(f"task {task_id} has already ended ({task.status.value})")
+        self._end(task, cancel=True)
+        return task
+
+    def cancel_batch(self, batch_id: str, owner: str | None = None) -> BatchJob | None:
+        """Cancel the batch's waiting items; running and finished items are left alone."""
+        batch = self.get_batch(batch_id, owner)
+        if batch is not None:
+            for task in batch.tasks:
+                if task.status is TaskStatus.PENDING:
+                    self._end(task, cancel=True)
+        return batch
+
+    def stop_admitting(self, retry_after: int) -> None:
+        """Refuse every new submission with 503 from now on (shutdown, or a dead batcher)."""
+        self.queue.close(retry_after)
+
+    def fail_unfinished(self, reason: str, *, waiting_only: bool = False) -> int:
+        """End tasks as failed with `reason`, so no client polls forever; return how many."""
+        ended = 0
+        for task in self.store.unfinished():
+            if waiting_only and task.status is not TaskStatus.PENDING:
+                continue
+            self._end(task, error=reason)
+            ended += 1
+        return ended
+
+    def _end(self, task: Task, *, cancel: bool = False, error: str = "") -> None:
+        if cancel:
+            task.cancel()
+        else:
+            task.fail(error)
+        self.queue.discard(task)
+        download = self._downloads.get(task.id)
+        if download is not None:
+            download.cancel()  # its `finally` frees the reserved slot
 
     # -- reading state ---------------------------------------------------------
 
@@ -171,6 +226,19 @@ class OcrService:
 
     def queue_position(self, task: Task) -> int | None:
         return self.queue.position(task) if task.status is TaskStatus.PENDING else None
+
+    def estimated_wait(self, task: Task) -> float | None:
+        """Seconds until a waiting task is likely done, or None before anything was measured.
+
+        The pages ahead of it, those in the engine and its own, at the batcher's
+        measured pages per second.
+        """
+        position = self.queue_position(task)
+        throughput = self.batcher.stats.throughput
+        if position is None or not throughput:
+            return None
+        pages = position + self.batcher.in_flight_pages + task.pages_total
+        return round(pages / throughput, 1)
 
     def stats(self) -> dict[str, object]:
         counts = self.store.status_counts()

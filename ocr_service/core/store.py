@@ -24,6 +24,7 @@ class TaskStore:
         self._tasks: dict[str, Task] = {}
         self._batches: dict[str, BatchJob] = {}
         self.expired_total = 0
+        self.expired_by_status: Counter[TaskStatus] = Counter()  # keeps outcome counts monotonic for /metrics
 
     def add(self, task: Task) -> None:
         self._tasks[task.id] = task
@@ -42,6 +43,9 @@ class TaskStore:
     def status_counts(self) -> Counter[TaskStatus]:
         return Counter(task.status for task in self._tasks.values())
 
+    def unfinished(self) -> list[Task]:
+        return [task for task in self._tasks.values() if not task.status.terminal]
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -56,6 +60,7 @@ class TaskStore:
                 for task in batch.tasks:
                     self._tasks.pop(task.id, None)
                 self.expired_total += len(batch.tasks)
+                self.expired_by_status.update(task.status for task in batch.tasks)
                 removed += len(batch.tasks)
         expired = [
             task_id
@@ -63,7 +68,7 @@ class TaskStore:
             if task.batch_id is None and task.finished_at is not None and task.finished_at <= cutoff
         ]
         for task_id in expired:
-            del self._tasks[task_id]
+            self.expired_by_status[self._tasks.pop(task_id).status] += 1
         self.expired_total += len(expired)
         return removed + len(expired)
 

@@ -1,0 +1,41 @@
+"""Routes for operators: liveness, readiness and Prometheus metrics.
+
+`/health` answers while the process runs; `/ready` only while the service can take
+work (engine loaded, batcher alive, not shutting down), so a load balancer stops
+sending traffic before work would be refused or lost. Neither needs an API key.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ocr_service.api.security import Owner
+from ocr_service.core.metrics import CONTENT_TYPE, Metrics
+from ocr_service.core.supervisor import Supervisor
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    """Liveness: the process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", responses={503: {"description": "Not ready: starting, shutting down, or the batcher died"}})
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: 200 while the engine is loaded and the batcher runs, 503 otherwise."""
+    supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
+    if supervisor is None:
+        return JSONResponse({"status": "starting", "detail": "the engine is loading"}, status_code=503)
+    if supervisor.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": supervisor.state.value, "detail": supervisor.reason}, status_code=503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+async def metrics(request: Request, _owner: Owner) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)
