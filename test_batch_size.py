@@ -31,13 +31,14 @@ from ocr_service.probe import (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--test-image", type=Path, help="a page to probe with (default: a rendered A4 text page)")
-    parser.add_argument("--engine", help="override OCR_ENGINE (rapidocr, vllm, transformers, fake)")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch to try (default %(default)s)")
-    parser.add_argument("--memory-limit-gb", type=float, help="cap this process's GPU memory, to stand in for a smaller card")
-    parser.add_argument("--max-tokens", type=int, help="output tokens a page may generate (default OCR_DEFAULT_MAX_TOKENS)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per batch size; the fastest counts (default 1)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--test-image", type=Path, help="a page to probe with (default: a rendered A4 text page)")
+    add("--engine", help="override OCR_ENGINE (rapidocr, vllm, transformers, fake)")
+    add("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch to try (default %(default)s)")
+    add("--memory-limit-gb", type=float, help="cap this process's GPU memory, to stand in for a smaller card")
+    add("--max-tokens", type=int, help="output tokens a page may generate (default OCR_DEFAULT_MAX_TOKENS)")
+    add("--repeats", type=int, default=1, help="runs per batch size; the fastest counts (default 1)")
+    add(
         "--write-env", nargs="?", const=Path(".env"), type=Path, metavar="PATH",
         help="write OCR_BATCH_SIZE and OCR_MAX_QUEUE_SIZE into a .env file (default ./.env), keeping its other lines",
     )

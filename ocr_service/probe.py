@@ -245,7 +245,7 @@ class DeviceMemorySampler:
                 handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
             else:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception:
+        except Exception:  # noqa: BLE001 (NVML is optional: without it the column reads "-")
             return None
         return cls(handle, pynvml)
 
@@ -272,7 +272,7 @@ class DeviceMemorySampler:
     def close(self) -> None:
         try:
             self._nvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (shutting down a measurement; nothing to do)
             pass
 
 
@@ -322,7 +322,7 @@ class Prober:
             error = next((o for o in outcomes if isinstance(o, Exception)), None)
             if error is None and len(outcomes) != batch_size:
                 error = RuntimeError(f"the engine answered {len(outcomes)} of {batch_size} pages")
-        except Exception as exc:  # out of memory above all; any failure must not end the probe
+        except Exception as exc:  # noqa: BLE001 (out of memory above all; no failure may end the probe)
             seconds = time.perf_counter() - started
             error = exc
         device = self.sampler.stop() if self.sampler is not None else None
@@ -350,7 +350,7 @@ class Prober:
             return None
         try:
             return method()
-        except Exception:
+        except Exception:  # noqa: BLE001 (an optional memory hook must not end the probe)
             return None
 
 
@@ -417,12 +417,16 @@ def nothing_fits_message(settings: Settings, trial: Trial) -> str:
             "fix it first (the service would fail the same way), then run the probe again."
         )
     lines = [
-        f"Even a single page does not fit in memory with OCR_ENGINE={settings.engine} "
-        f"at OCR_RESOLUTION_MODE={settings.resolution_mode} ({trial.error}).",
+        (
+            f"Even a single page does not fit in memory with OCR_ENGINE={settings.engine} "
+            f"at OCR_RESOLUTION_MODE={settings.resolution_mode} ({trial.error})."
+        ),
         "Change one of:",
         "  - OCR_RESOLUTION_MODE: a smaller mode needs less memory (gundam > large > base > small > tiny);",
-        f"  - OCR_GPU_MEMORY_UTIL (now {settings.gpu_memory_util:g}) or --memory-limit-gb: give the model more "
-        "of the GPU, and free it of other processes;",
+        (
+            f"  - OCR_GPU_MEMORY_UTIL (now {settings.gpu_memory_util:g}) or --memory-limit-gb: give the model "
+            "more of the GPU, and free it of other processes;"
+        ),
         "  - a GPU with more memory.",
     ]
     if settings.engine == "fake":
@@ -531,7 +535,8 @@ def env_lines(recommendation: Recommendation) -> dict[str, str]:
 def format_report(result: ProbeResult) -> str:
     """The table and the seed's recommendation block."""
     bar = "=" * 60
-    lines = [f"Engine: {result.engine} ({result.device})", "", format_table(result.trials), "", bar, "RECOMMENDATIONS", bar]
+    lines = [f"Engine: {result.engine} ({result.device})", "", format_table(result.trials), ""]
+    lines += [bar, "RECOMMENDATIONS", bar]
     rec = result.recommendation
     if rec is None:
         lines.append("No batch size fits.")

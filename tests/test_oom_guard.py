@@ -12,7 +12,14 @@ import pytest
 from ocr_service.core import batcher as batcher_module
 from ocr_service.engines.base import EngineOutOfMemory, PageOutcome, PageRequest
 from ocr_service.engines.fake import FakeEngine
-from tests.helpers import encode, running_app, settings, solid_image, upload, wait_for_task
+from tests.helpers import (
+    encode,
+    running_app,
+    settings,
+    solid_image,
+    upload,
+    wait_for_task,
+)
 
 
 def pixel_hash(seed: int, size: tuple[int, int] = (64, 48)) -> str:
