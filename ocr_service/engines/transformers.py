@@ -1,0 +1,386 @@
+"""The transformers engine: DeepSeek-OCR-2 through transformers' native classes.
+
+For machines without vLLM, and for resolution modes vLLM cannot serve. It runs one
+batch at a time (`BatchEngine`): the pages of a batch are padded on the left and
+generated together. What vLLM gives per request is rebuilt here per row of the
+batch, so no page borrows another's settings: its own temperature, its own
+max_tokens (a row that reaches it is ended with EOS and reported as "length"), and
+the same no-repeat n-gram guard as vLLM's DeepSeek-OCR recipe.
+
+Native classes only (`deepseek_ocr2`, transformers >= 5.10.1): no remote code.
+torch and transformers are imported in `load`, after the torchvision fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ocr_service.config import Settings
+from ocr_service.engines._torch_util import (
+    TABLE_CELL_TOKENS,
+    banned_ngram_tokens,
+    install_torchvision_import_fix,
+    is_out_of_memory,
+)
+from ocr_service.engines.base import BatchEngine, EngineError, EngineOutOfMemory, PageOutcome, PageOutput, PageRequest
+from ocr_service.tiny_model import RANDOM_WEIGHTS_MARKER
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TAG = "<image>"
+
+
+@dataclass(frozen=True)
+class ViewSize:
+    """How a resolution mode sizes a page for DeepSeek-OCR-2's processor."""
+
+    global_size: int  # the whole page, padded to a square of this side
+    crop_to_patches: bool  # add 768 px tiles (2 to 6) for detail
+
+
+# DeepSeek-OCR-2's vision encoder has learned queries for two view sizes only,
+# 1024 px (16x16 queries) and 768 px (12x12); see `DeepseekOcr2VisionModel` in
+# transformers. So Gundam (1024 + 768 tiles, the default), Base (1024) and Small
+# (768: OCR-2's own small view, where OCR v1 used 640) exist; Tiny (512) and Large
+# (1280) have no queries to match and are refused at start.
+RESOLUTION_MODES: dict[str, ViewSize] = {
+    "gundam": ViewSize(1024, True),
+    "base": ViewSize(1024, False),
+    "small": ViewSize(768, False),
+}
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    model_path: str
+    resolution_mode: str
+    ngram_size: int
+    window_size: int
+    # Generate every page to its max_tokens whatever the model says (benchmarks).
+    ignore_eos: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransformersOptions:
+        return cls(
+            model_path=settings.model_path,
+            resolution_mode=settings.resolution_mode,
+            ngram_size=settings.ngram_size,
+            window_size=settings.window_size,
+        )
+
+
+def check_resolution_mode(mode: str) -> ViewSize:
+    """The view size of `mode`, or a message that says why it cannot be served."""
+    if mode not in RESOLUTION_MODES:
+        raise ValueError(
+            f"OCR_RESOLUTION_MODE={mode} is not available with OCR_ENGINE=transformers: "
+            "DeepSeek-OCR-2 only has learned queries for 1024 px and 768 px views; "
+            f"choose one of {', '.join(RESOLUTION_MODES)}."
+        )
+    return RESOLUTION_MODES[mode]
+
+
+def with_image_tag(prompt: str) -> str:
+    """DeepSeek prompts must hold one `<image>`; put it first when a user left it out."""
+    return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
+
+
+def finish_row(generated: Sequence[int], eos_id: int, max_tokens: int) -> tuple[list[int], str]:
+    """A row's own tokens and finish reason, from the batch's generated ids.
+
+    The row ends at its first EOS (transformers pads after it while other rows go
+    on). It "stop"ped if that EOS came before its own max_tokens; otherwise it
+    reached max_tokens ("length"), whether its EOS was the one forced at its limit
+    or the batch simply ended.
+    """
+    tokens = list(generated)
+    if eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id)]
+        if len(tokens) < max_tokens:
+            return tokens, "stop"
+    return tokens[:max_tokens], "length"
+
+
+class TransformersEngine(BatchEngine):
+    """DeepSeek-OCR-2 on transformers: bf16 on a GPU, fp32 on a CPU."""
+
+    name = "transformers"
+    concurrent_batches = 1
+
+    def __init__(self, options: TransformersOptions) -> None:
+        self.options = options
+        self._torch: Any = None
+        self._model: Any = None
+        self._processor: Any = None
+        self._processors: dict[str, Any] = {}
+        self._device: Any = None
+        self._dtype: Any = None
+        self._eos_id = 1
+        self._pad_id: int | None = None
+        self._whitelist: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransformersEngine:
+        return cls(TransformersOptions.from_settings(settings))
+
+    # -- start and stop ---------------------------------------------------------
+
+    def load(self) -> None:
+        check_resolution_mode(self.options.resolution_mode)
+        install_torchvision_import_fix()  # the image processor imports torchvision
+        try:
+            import torch
+            from transformers import AutoConfig, AutoProcessor, DeepseekOcr2ForConditionalGeneration
+        except ImportError as exc:
+            raise RuntimeError(
+                f"OCR_ENGINE=transformers needs torch and transformers>=5.10.1 with DeepSeek-OCR-2 ({exc}); "
+                "install requirements_models.txt"
+            ) from exc
+        self._torch = torch
+        on_gpu = torch.cuda.is_available()
+        self._device = torch.device("cuda" if on_gpu else "cpu")
+        self._dtype = torch.bfloat16 if on_gpu else torch.float32  # CPUs lack fast bf16
+        path = self.options.model_path
+        if (Path(path) / RANDOM_WEIGHTS_MARKER).is_file():
+            # A folder from `ocr_service.tiny_model` without a checkpoint: random
+            # weights, initialised on the device directly (seconds, even full size).
+            config = AutoConfig.from_pretrained(path)
+            with self._device:
+                model = DeepseekOcr2ForConditionalGeneration._from_config(config, dtype=self._dtype)
+        else:
+            model = DeepseekOcr2ForConditionalGeneration.from_pretrained(path, dtype=self._dtype)
+        self._model = model.to(self._device).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"  # generation continues on the right
+        self._processor = processor
+        tokenizer = processor.tokenizer
+        self._eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 1
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos_id
+        vocab = tokenizer.get_vocab()
+        self._whitelist = frozenset(vocab[t] for t in TABLE_CELL_TOKENS if t in vocab)
+        logger.info(
+            "DeepSeek-OCR-2 loaded from %s on %s (%s), mode %s",
+            path,
+            self._device,
+            self._dtype,
+            self.options.resolution_mode,
+        )
+
+    def close(self) -> None:
+        self._model = None
+        self._processors.clear()
+        self.free_memory()
+
+    # -- memory, for the batch-size probe ---------------------------------------
+
+    def reset_peak_memory(self) -> None:
+        if self._on_gpu():
+            self._torch.cuda.reset_peak_memory_stats(self._device)
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak GPU memory since `reset_peak_memory`; None on a CPU (not tracked)."""
+        if not self._on_gpu():
+            return None
+        return int(self._torch.cuda.max_memory_allocated(self._device))
+
+    def free_memory(self) -> None:
+        if self._on_gpu():
+            self._torch.cuda.empty_cache()
+
+    def _on_gpu(self) -> bool:
+        return self._torch is not None and self._device is not None and self._device.type == "cuda"
+
+    # -- inference --------------------------------------------------------------
+
+    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+        if self._model is None:
+            raise EngineError("the transformers engine is not loaded")
+        outcomes: list[PageOutcome | None] = [None] * len(pages)
+        by_mode: dict[str, list[int]] = {}
+        for index, page in enumerate(pages):
+            # A page may carry its own mode (when PageRequest grows the field).
+            mode = getattr(page, "resolution_mode", None) or self.options.resolution_mode
+            by_mode.setdefault(mode, []).append(index)
+        for mode, indexes in by_mode.items():
+            try:
+                check_resolution_mode(mode)
+            except ValueError as exc:
+                for index in indexes:
+                    outcomes[index] = exc
+                continue
+            group = [pages[i] for i in indexes]
+            for index, outcome in zip(indexes, self._predict_group(group, mode), strict=True):
+                outcomes[index] = outcome
+        return [o if o is not None else EngineError("no outcome") for o in outcomes]
+
+    def _predict_group(self, pages: Sequence[PageRequest], mode: str) -> list[PageOutcome]:
+        """One mode's pages: prepare each, generate the good ones together."""
+        outcomes: list[PageOutcome | None] = [None] * len(pages)
+        inputs = self._prepare(pages, mode, outcomes)
+        ready = [i for i, o in enumerate(outcomes) if o is None]
+        if not ready:
+            return [o for o in outcomes if o is not None]
+        try:
+            rows = self._generate(inputs, [pages[i] for i in ready])
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                self.free_memory()
+                raise EngineOutOfMemory(f"{len(ready)} pages at {mode}: {exc}") from exc
+            raise
+        for i, outcome in zip(ready, rows, strict=True):
+            outcomes[i] = outcome
+        return [o if o is not None else EngineError("no outcome") for o in outcomes]
+
+    def _prepare(self, pages: Sequence[PageRequest], mode: str, outcomes: list[PageOutcome | None]) -> Any:
+        """Processor inputs for the pages that can be prepared; failures go to `outcomes`."""
+        processor = self._processor_for(mode)
+        view = RESOLUTION_MODES[mode]
+        kwargs = dict(
+            crop_to_patches=view.crop_to_patches,
+            size={"height": view.global_size, "width": view.global_size},
+            return_tensors="pt",
+            padding=True,
+        )
+        texts = [with_image_tag(p.prompt) for p in pages]
+        try:
+            return processor(images=[p.image for p in pages], text=texts, **kwargs)
+        except Exception:  # find the page(s) at fault, then prepare the rest together
+            pass
+        for i, page in enumerate(pages):
+            try:
+                processor(images=[page.image], text=[texts[i]], **kwargs)
+            except Exception as exc:  # noqa: BLE001 - this page's own outcome
+                outcomes[i] = EngineError(f"could not prepare the page for DeepSeek-OCR-2: {exc}")
+        ok = [i for i, o in enumerate(outcomes) if o is None]
+        if not ok:
+            return None
+        return processor(images=[pages[i].image for i in ok], text=[texts[i] for i in ok], **kwargs)
+
+    def _processor_for(self, mode: str) -> Any:
+        """The processor for `mode`.
+
+        transformers' DeepSeek-OCR-2 processor counts a page's image tokens from its
+        image processor's default size, not from the size passed per call, so each
+        global view size needs its own copy with that default.
+        """
+        if mode not in self._processors:
+            processor = copy.copy(self._processor)
+            image_processor = copy.deepcopy(self._processor.image_processor)
+            size = RESOLUTION_MODES[mode].global_size
+            image_processor.size = {"height": size, "width": size}
+            processor.image_processor = image_processor
+            self._processors[mode] = processor
+        return self._processors[mode]
+
+    def _generate(self, inputs: Any, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+        torch = self._torch
+        from transformers import LogitsProcessorList
+
+        inputs = inputs.to(self._device)
+        for key in ("pixel_values", "pixel_values_local"):
+            if inputs.get(key) is not None:
+                inputs[key] = inputs[key].to(self._dtype)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        temperatures = [float(p.temperature) for p in pages]
+        max_tokens = [int(p.max_tokens) for p in pages]
+        processors = _logits_processors(
+            torch,
+            prompt_length=prompt_length,
+            ngram_size=self.options.ngram_size,
+            window_size=self.options.window_size,
+            whitelist=self._whitelist,
+            max_tokens=max_tokens,
+            eos_id=self._eos_id,
+            ignore_eos=self.options.ignore_eos,
+            temperatures=temperatures,
+        )
+        sampling = any(t > 0 for t in temperatures)
+        with torch.inference_mode():
+            output = self._model.generate(
+                **inputs,
+                max_new_tokens=max(max_tokens),
+                do_sample=sampling,
+                # Per-row temperatures are applied by our own processor; keep the
+                # checkpoint's generation defaults from adding any other warper.
+                temperature=1.0 if sampling else None,
+                top_k=None,
+                top_p=None,
+                logits_processor=LogitsProcessorList(processors),
+                eos_token_id=self._eos_id,
+                pad_token_id=self._pad_id,
+            )
+        generated = output[:, prompt_length:].tolist()
+        tokenizer = self._processor.tokenizer
+        outcomes: list[PageOutcome] = []
+        for row, limit in zip(generated, max_tokens, strict=True):
+            tokens, reason = finish_row(row, self._eos_id, limit)
+            text = tokenizer.decode(tokens, skip_special_tokens=False)
+            outcomes.append(PageOutput(text=text, finish_reason=reason, output_tokens=len(tokens)))
+        return outcomes
+
+
+def _logits_processors(
+    torch: Any,
+    *,
+    prompt_length: int,
+    ngram_size: int,
+    window_size: int,
+    whitelist: frozenset[int],
+    max_tokens: Sequence[int],
+    eos_id: int,
+    ignore_eos: bool,
+    temperatures: Sequence[float],
+) -> list[Any]:
+    """The per-row rules, as transformers `LogitsProcessor`s (defined here: they need torch)."""
+    from transformers import LogitsProcessor
+
+    class NoRepeatNGram(LogitsProcessor):
+        """vLLM's DeepSeek-OCR n-gram guard, on each row's generated tokens only."""
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            generated = input_ids.shape[1] - prompt_length
+            if generated < ngram_size:
+                return scores
+            start = input_ids.shape[1] - min(generated, window_size)
+            for row, recent in enumerate(input_ids[:, start:].tolist()):
+                banned = banned_ngram_tokens(recent, ngram_size, window_size, whitelist)
+                if banned:
+                    scores[row, list(banned)] = -float("inf")
+            return scores
+
+    class RowLimits(LogitsProcessor):
+        """Each row's own max_tokens (EOS forced at the limit) and, if asked, no early EOS."""
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            generated = input_ids.shape[1] - prompt_length
+            for row, limit in enumerate(max_tokens):
+                if generated >= limit:
+                    scores[row, :] = -float("inf")
+                    scores[row, eos_id] = 0.0
+                elif ignore_eos:
+                    scores[row, eos_id] = -float("inf")
+            return scores
+
+    class RowTemperature(LogitsProcessor):
+        """Each row's own temperature; 0 keeps only the argmax (greedy) in a sampled batch."""
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for row, temperature in enumerate(temperatures):
+                if temperature > 0:
+                    scores[row] = scores[row] / temperature
+                else:
+                    best = int(torch.argmax(scores[row]))
+                    kept = scores[row, best].clone()
+                    scores[row, :] = -float("inf")
+                    scores[row, best] = kept
+            return scores
+
+    processors: list[Any] = [NoRepeatNGram(), RowLimits()]
+    if any(t > 0 for t in temperatures):
+        processors.append(RowTemperature())
+    return processors
