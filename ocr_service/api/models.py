@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from ocr_service.core.tasks import BatchJob, Task, TaskStatus
+
+
+class ErrorDetail(BaseModel):
+    """Every error answer: a message, or (for a malformed request) FastAPI's list of field errors."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error status codes, so clients (and the fuzzer) know them."""
+    return {code: {"model": ErrorDetail, "description": ERROR_MEANINGS[code]} for code in codes}
+
+
+ERROR_MEANINGS = {
+    400: "Bad request: an empty file, or a body that cannot be parsed",
+    401: "No valid API key (when OCR_API_KEYS is set)",
+    404: "Unknown, expired, or another key's",
+    409: "The task is running or has already ended",
+    413: "Larger than the upload limit",
+    422: "Invalid input",
+    429: "Over the per-client rate limit (OCR_RATE_LIMIT); see Retry-After",
+    503: "At capacity or shutting down; see Retry-After",
+}
 
 
 class OcrOptions(BaseModel):

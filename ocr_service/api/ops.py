@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from ocr_service.api.models import errors
 from ocr_service.api.security import Owner
 from ocr_service.core.metrics import CONTENT_TYPE, Metrics
 from ocr_service.core.supervisor import Supervisor
@@ -34,7 +35,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": supervisor.state.value, "detail": supervisor.reason}, status_code=503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}, **errors(401)})
 async def metrics(request: Request, _owner: Owner) -> Response:
     """Prometheus metrics in the text exposition format."""
     registry: Metrics = request.app.state.metrics

@@ -18,13 +18,15 @@ from ocr_service.api.models import (
     TaskView,
     UrlBatchRequest,
     UrlRequest,
+    errors,
 )
 from ocr_service.api.security import Owner
 from ocr_service.core.service import CancelRefused, OcrService
 from ocr_service.documents import DocumentError
 from ocr_service.documents.fetch import FetchError
 
-router = APIRouter()
+router = APIRouter(responses=errors(401, 422, 429))
+SUBMIT_ERRORS = errors(400, 413, 503)
 
 TASK_NOT_FOUND = "task {} not found (unknown, or expired after OCR_TASK_TTL)"
 BATCH_NOT_FOUND = "batch task {} not found (unknown, or expired after OCR_TASK_TTL)"
@@ -41,7 +43,7 @@ def get_service(request: Request) -> OcrService:
 Service = Annotated[OcrService, Depends(get_service)]
 
 
-@router.post("/ocr", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
+@router.post("/ocr", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
 async def submit_upload(
     request: Request,
     service: Service,
@@ -65,7 +67,7 @@ async def submit_upload(
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
-@router.post("/ocr/url", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
+@router.post("/ocr/url", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
 async def submit_url(body: UrlRequest, request: Request, service: Service, owner: Owner) -> TaskAccepted:
     try:
         task = service.submit_url(body.url, service.params(body.prompt, body.temperature, body.max_tokens), owner)
@@ -75,7 +77,7 @@ async def submit_url(body: UrlRequest, request: Request, service: Service, owner
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
-@router.post("/ocr/url/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
+@router.post("/ocr/url/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted, responses=SUBMIT_ERRORS)
 async def submit_url_batch(body: UrlBatchRequest, request: Request, service: Service, owner: Owner) -> BatchAccepted:
     limit = service.config.max_batch_urls
     if len(body.urls) > limit:
@@ -85,7 +87,7 @@ async def submit_url_batch(body: UrlBatchRequest, request: Request, service: Ser
     return BatchAccepted(batch_task_id=batch.id, status=batch.status.value)
 
 
-@router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}})
+@router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}, **SUBMIT_ERRORS})
 async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, owner: Owner) -> SyncBatchResponse | JSONResponse:
     """Seed 000's synchronous API, served through the same queue and batcher.
 
@@ -119,7 +121,7 @@ async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, 
     )
 
 
-@router.get("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True)
+@router.get("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True, responses=errors(404))
 async def get_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
     batch = service.get_batch(batch_task_id, owner)
     if batch is None:
@@ -127,7 +129,7 @@ async def get_batch(batch_task_id: str, service: Service, owner: Owner) -> Batch
     return BatchView.of(batch)
 
 
-@router.delete("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True)
+@router.delete("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True, responses=errors(404))
 async def cancel_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
     """Cancel the batch's waiting items; running and finished ones are left as they are."""
     batch = service.cancel_batch(batch_task_id, owner)
@@ -136,7 +138,7 @@ async def cancel_batch(batch_task_id: str, service: Service, owner: Owner) -> Ba
     return BatchView.of(batch)
 
 
-@router.get("/ocr/{task_id}", response_model=TaskView, response_model_exclude_none=True)
+@router.get("/ocr/{task_id}", response_model=TaskView, response_model_exclude_none=True, responses=errors(404))
 async def get_task(
     task_id: str,
     service: Service,
@@ -155,7 +157,7 @@ async def get_task(
     "/ocr/{task_id}",
     response_model=TaskView,
     response_model_exclude_none=True,
-    responses={409: {"description": "The task is running or has already ended"}},
+    responses=errors(404, 409),
 )
 async def cancel_task(task_id: str, service: Service, owner: Owner) -> TaskView:
     """Cancel a waiting task and free its place in the queue; a running one answers 409."""
