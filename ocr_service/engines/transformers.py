@@ -42,6 +42,12 @@ class ViewSize:
     global_size: int  # the whole page, padded to a square of this side
     crop_to_patches: bool  # add 768 px tiles (2 to 6) for detail
 
+    @property
+    def tile_size(self) -> int:
+        # transformers' image processor sizes an uncropped page's only view by
+        # `tile_size`, not `size`; so without tiles the tile size is the view size.
+        return 768 if self.crop_to_patches else self.global_size
+
 
 # DeepSeek-OCR-2's vision encoder has learned queries for two view sizes only,
 # 1024 px (16x16 queries) and 768 px (12x12); see `DeepseekOcr2VisionModel` in
@@ -132,6 +138,8 @@ class TransformersEngine(BatchEngine):
 
     def load(self) -> None:
         check_resolution_mode(self.options.resolution_mode)
+        if self._model is not None:
+            return  # loaded already (an app restarted around the same engine)
         install_torchvision_import_fix()  # the image processor imports torchvision
         try:
             import torch
@@ -243,6 +251,7 @@ class TransformersEngine(BatchEngine):
         kwargs = dict(
             crop_to_patches=view.crop_to_patches,
             size={"height": view.global_size, "width": view.global_size},
+            tile_size=view.tile_size,
             return_tensors="pt",
             padding=True,
         )
@@ -265,14 +274,15 @@ class TransformersEngine(BatchEngine):
         """The processor for `mode`.
 
         transformers' DeepSeek-OCR-2 processor counts a page's image tokens from its
-        image processor's default size, not from the size passed per call, so each
-        global view size needs its own copy with that default.
+        image processor's default `size` and `tile_size`, not from those passed per
+        call, so each mode needs its own copy with those defaults.
         """
         if mode not in self._processors:
             processor = copy.copy(self._processor)
             image_processor = copy.deepcopy(self._processor.image_processor)
-            size = RESOLUTION_MODES[mode].global_size
-            image_processor.size = {"height": size, "width": size}
+            view = RESOLUTION_MODES[mode]
+            image_processor.size = {"height": view.global_size, "width": view.global_size}
+            image_processor.tile_size = view.tile_size
             processor.image_processor = image_processor
             self._processors[mode] = processor
         return self._processors[mode]

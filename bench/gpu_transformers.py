@@ -1,0 +1,209 @@
+"""GPU benchmark: the transformers engine at DeepSeek-OCR-2's real size, alone and through the service.
+
+Random weights at the published dimensions (`ocr_service.tiny_model --full-size`), a
+fixed output length (every page generates exactly `--new-tokens`, EOS ignored), and
+the same rendered A4 page everywhere, so the numbers measure the machinery, not the
+text. For each batch size: pages/s of the engine alone (`engine.predict`), then of
+the service (uploads over HTTP to an in-process app wrapping the same loaded engine,
+from the first POST to the last completed task). Results go to JSON as they come, so
+a run cut short still leaves what it measured.
+
+    python bench/gpu_transformers.py --out results.json [--batch-sizes 1 4 16] [--new-tokens 256] [--batches 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from ocr_service.engines.base import PageOutput, PageRequest  # noqa: E402
+from ocr_service.engines.transformers import TransformersEngine, TransformersOptions  # noqa: E402
+from ocr_service.tiny_model import write_model  # noqa: E402
+
+PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+
+
+def a4_page() -> Image.Image:
+    """An A4 page at 150 dpi with text: Gundam mode cuts it into 6 tiles (1121 image tokens)."""
+    image = Image.new("RGB", (1240, 1754), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=32)
+    for line in range(30):
+        draw.text((100, 100 + line * 52), f"Line {line}: the quick brown fox jumps over the lazy dog 0123", fill="black", font=font)
+    return image
+
+
+def synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class KeepLoaded(TransformersEngine):
+    """The engine, kept loaded across the apps built around it (one load for the whole run)."""
+
+    def close(self) -> None:
+        self.free_memory()
+
+
+def time_engine(engine: KeepLoaded, page: Image.Image, batch: int, batches: int, new_tokens: int) -> dict[str, Any]:
+    requests = [PageRequest(page, PROMPT, 0.0, new_tokens) for _ in range(batch)]
+    engine.reset_peak_memory()
+    synchronize()
+    started = time.perf_counter()
+    tokens = 0
+    for _ in range(batches):
+        for outcome in engine.predict(requests):
+            if not isinstance(outcome, PageOutput):
+                raise RuntimeError(f"page failed: {outcome!r}")
+            tokens += outcome.output_tokens or 0
+    synchronize()
+    seconds = time.perf_counter() - started
+    pages = batch * batches
+    return {
+        "batch": batch,
+        "pages": pages,
+        "seconds": round(seconds, 3),
+        "pages_per_s": round(pages / seconds, 4),
+        "output_tokens_per_s": round(tokens / seconds, 1),
+        "output_tokens": tokens,
+        "peak_gpu_memory_gib": None if (peak := engine.peak_memory_bytes()) is None else round(peak / 2**30, 2),
+    }
+
+
+async def time_service(engine: KeepLoaded, upload: bytes, batch: int, pages: int, new_tokens: int) -> dict[str, Any]:
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from ocr_service.app import create_app
+    from ocr_service.config import Settings
+
+    settings = Settings(
+        _env_file=None,
+        engine="transformers",
+        batch_size=batch,
+        batch_policy="timeout",  # wait for full batches: the same batches as the engine alone
+        batch_timeout=1.0,
+        default_max_tokens=new_tokens,
+        max_queue_size=max(100, pages),
+    )
+    app = create_app(settings, engine=engine)
+    async with LifespanManager(app, startup_timeout=600, shutdown_timeout=600) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as client:
+            started = time.perf_counter()
+            posted = await asyncio.gather(
+                *(client.post("/ocr", files={"file": ("page.png", upload, "image/png")}) for _ in range(pages))
+            )
+            task_ids = [response.json()["task_id"] for response in posted]
+            statuses: dict[str, str] = {}
+            while len(statuses) < pages:
+                for task_id in task_ids:
+                    if task_id not in statuses:
+                        body = (await client.get(f"/ocr/{task_id}")).json()
+                        if body["status"] in ("completed", "failed", "cancelled"):
+                            statuses[task_id] = body["status"]
+                await asyncio.sleep(0.05)
+            seconds = time.perf_counter() - started
+            stats = (await client.get("/stats")).json()
+    completed = sum(1 for s in statuses.values() if s == "completed")
+    return {
+        "batch": batch,
+        "pages": pages,
+        "completed": completed,
+        "seconds": round(seconds, 3),
+        "pages_per_s": round(completed / seconds, 4),
+        "stats": {k: stats.get(k) for k in ("completed", "failed", "oom_events", "batch_sizes", "last_batch_size") if k in stats},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=2, help="full batches per measurement")
+    parser.add_argument("--skip-service", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model instead (a CPU dry run of this script)")
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    results: dict[str, Any] = {
+        "what": "DeepSeek-OCR-2 at published dimensions, random weights, transformers engine, gundam mode",
+        "new_tokens_per_page": args.new_tokens,
+        "page": "A4 1240x1754 px rendered text, 6 tiles + global view (1121 image tokens)",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
+        "full_size": not args.tiny,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "engine": [],
+        "service": [],
+        "errors": [],
+    }
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results, indent=2))
+
+    model_dir = Path(tempfile.mkdtemp(prefix="ocr2-full-"))
+    started = time.perf_counter()
+    write_model("deepseek-ocr2", model_dir, full_size=not args.tiny, weights=False)
+    engine = KeepLoaded(TransformersOptions(str(model_dir), "gundam", ngram_size=30, window_size=90, ignore_eos=True))
+    engine.load()
+    params = sum(p.numel() for p in engine._model.parameters())  # noqa: SLF001 - a benchmark may look
+    results["parameters"] = params
+    results["load_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"loaded {params / 1e9:.2f}B parameters in {results['load_seconds']} s", flush=True)
+    page = a4_page()
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    upload = buffer.getvalue()
+
+    time_engine(engine, page, 1, 1, 8)  # warm-up: kernels, allocator
+    save()
+    for batch in args.batch_sizes:
+        try:
+            row = time_engine(engine, page, batch, args.batches, args.new_tokens)
+            results["engine"].append(row)
+            print("engine", row, flush=True)
+        except Exception as exc:  # keep measuring the other sizes
+            results["errors"].append(f"engine batch {batch}: {exc!r}\n{traceback.format_exc()[-2000:]}")
+            print("engine", batch, "failed:", exc, flush=True)
+        save()
+    if not args.skip_service:
+        for batch in args.batch_sizes:
+            pages = batch * args.batches
+            try:
+                row = asyncio.run(time_service(engine, upload, batch, pages, args.new_tokens))
+                results["service"].append(row)
+                print("service", row, flush=True)
+            except Exception as exc:
+                results["errors"].append(f"service batch {batch}: {exc!r}\n{traceback.format_exc()[-2000:]}")
+                print("service", batch, "failed:", exc, flush=True)
+            save()
+    print("\nbatch  engine pages/s  service pages/s")
+    service = {row["batch"]: row for row in results["service"]}
+    for row in results["engine"]:
+        other = service.get(row["batch"], {}).get("pages_per_s", "-")
+        print(f"{row['batch']:>5}  {row['pages_per_s']:>14}  {other:>15}")
+
+
+if __name__ == "__main__":
+    main()
