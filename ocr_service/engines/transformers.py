@@ -368,12 +368,14 @@ def _logits_processors(
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             generated = input_ids.shape[1] - prompt_length
-            for row, limit in enumerate(max_tokens):
-                if generated >= limit:
-                    scores[row, :] = -float("inf")
-                    scores[row, eos_id] = 0.0
-                elif ignore_eos:
-                    scores[row, eos_id] = -float("inf")
+            done = [row for row, limit in enumerate(max_tokens) if generated >= limit]
+            if ignore_eos:
+                going = [row for row, limit in enumerate(max_tokens) if generated < limit]
+                if going:
+                    scores[going, eos_id] = -float("inf")
+            if done:
+                scores[done, :] = -float("inf")
+                scores[done, eos_id] = 0.0
             return scores
 
     class RowTemperature(LogitsProcessor):
