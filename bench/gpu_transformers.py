@@ -178,6 +178,7 @@ def main() -> None:
 
     time_engine(engine, page, 1, 1, 8)  # warm-up: kernels, allocator
     save()
+    # Engine and service side by side for each size, so a run cut short keeps pairs.
     for batch in args.batch_sizes:
         try:
             row = time_engine(engine, page, batch, args.batches, args.new_tokens)
@@ -187,17 +188,16 @@ def main() -> None:
             results["errors"].append(f"engine batch {batch}: {exc!r}\n{traceback.format_exc()[-2000:]}")
             print("engine", batch, "failed:", exc, flush=True)
         save()
-    if not args.skip_service:
-        for batch in args.batch_sizes:
-            pages = batch * args.batches
-            try:
-                row = asyncio.run(time_service(engine, upload, batch, pages, args.new_tokens))
-                results["service"].append(row)
-                print("service", row, flush=True)
-            except Exception as exc:
-                results["errors"].append(f"service batch {batch}: {exc!r}\n{traceback.format_exc()[-2000:]}")
-                print("service", batch, "failed:", exc, flush=True)
-            save()
+        if args.skip_service:
+            continue
+        try:
+            row = asyncio.run(time_service(engine, upload, batch, batch * args.batches, args.new_tokens))
+            results["service"].append(row)
+            print("service", row, flush=True)
+        except Exception as exc:
+            results["errors"].append(f"service batch {batch}: {exc!r}\n{traceback.format_exc()[-2000:]}")
+            print("service", batch, "failed:", exc, flush=True)
+        save()
     print("\nbatch  engine pages/s  service pages/s")
     service = {row["batch"]: row for row in results["service"]}
     for row in results["engine"]:
