@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         "--weights",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write a checkpoint (default: only for a tiny deepseek-ocr2)",
+        help="deepseek-ocr2 only: write a safetensors checkpoint (default: yes when tiny, no at full size)",
     )
     args = parser.parse_args(argv)
     out = write_model(args.arch, args.out, full_size=args.full_size, weights=args.weights)
