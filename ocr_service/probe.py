@@ -329,9 +329,11 @@ class Prober:
         peak = self._call_optional("peak_memory_bytes")
         if error is None:
             return Trial(batch_size, seconds, peak, device)
-        self.clean_up()
         message = f"{type(error).__name__}: {error}".strip()
-        return Trial(batch_size, seconds, peak, device, error=message, out_of_memory=looks_like_oom(error))
+        out_of_memory = looks_like_oom(error)
+        del error  # its traceback can hold the failed batch's tensors: drop it before cleaning up
+        self.clean_up()
+        return Trial(batch_size, seconds, peak, device, error=message, out_of_memory=out_of_memory)
 
     async def _run(self, pages: list[PageRequest]) -> list[PageOutput | Exception]:
         outcomes: list[PageOutput | Exception] = []

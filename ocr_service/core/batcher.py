@@ -200,23 +200,29 @@ class Batcher:
         ]
         done: set[int] = set()
         started = time.perf_counter()
+        out_of_memory = ""
         try:
             async for index, outcome in self.engine.run(requests):
                 done.add(index)
                 job, image = items[index]
                 self._complete(job, image, outcome)
         except EngineOutOfMemory as exc:
-            await self._recover_from_oom([item for i, item in enumerate(items) if i not in done], exc)
-            return
+            out_of_memory = str(exc)
         except Exception as exc:
             logger.exception("engine failed on a batch of %d pages", len(items))
             for index, (job, _) in enumerate(items):
                 if index not in done:
                     self._fail(job.task, f"engine error: {exc}")
             return
+        if out_of_memory:
+            # Retried outside the except block: the error's traceback can hold the failed
+            # batch's device memory, and the halves need it back.
+            del requests
+            await self._recover_from_oom([item for i, item in enumerate(items) if i not in done], out_of_memory)
+            return
         self._record_batch(len(items), time.perf_counter() - started)
 
-    async def _recover_from_oom(self, items: list[tuple[PageJob, Image.Image]], exc: EngineOutOfMemory) -> None:
+    async def _recover_from_oom(self, items: list[tuple[PageJob, Image.Image]], error: str) -> None:
         self.stats.oom_events += 1
         self._clean_batches = 0
         if len(items) == 1:
@@ -225,7 +231,7 @@ class Batcher:
             self._fail(
                 job.task,
                 f"page {job.index + 1} is too large for this GPU at this mode "
-                f"({image.width}x{image.height} px alone ran out of memory: {exc})",
+                f"({image.width}x{image.height} px alone ran out of memory: {error})",
             )
             return
         half = len(items) // 2

@@ -13,6 +13,7 @@ torch and transformers are imported in `load`, after the torchvision fix.
 
 from __future__ import annotations
 
+import gc
 import copy
 import logging
 from collections.abc import Sequence
@@ -198,6 +199,7 @@ class TransformersEngine(BatchEngine):
 
     def free_memory(self) -> None:
         if self._on_gpu():
+            gc.collect()  # tensors kept alive only by reference cycles (tracebacks) go first
             self._torch.cuda.empty_cache()
 
     def _on_gpu(self) -> bool:
@@ -233,13 +235,20 @@ class TransformersEngine(BatchEngine):
         ready = [i for i, o in enumerate(outcomes) if o is None]
         if not ready:
             return [o for o in outcomes if o is not None]
+        out_of_memory = ""
         try:
             rows = self._generate(inputs, [pages[i] for i in ready])
         except Exception as exc:
-            if is_out_of_memory(exc):
-                self.free_memory()
-                raise EngineOutOfMemory(f"{len(ready)} pages at {mode}: {exc}") from exc
-            raise
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = f"{len(ready)} pages at {mode}: {exc}"
+        if out_of_memory:
+            # Only now, outside the except block, are the torch error and its traceback (whose
+            # frames hold the failed batch's activations) gone, so the cache can really be
+            # emptied; and the error we raise carries no cause that would pin them again.
+            del inputs
+            self.free_memory()
+            raise EngineOutOfMemory(out_of_memory)
         for i, outcome in zip(ready, rows, strict=True):
             outcomes[i] = outcome
         return [o if o is not None else EngineError("no outcome") for o in outcomes]
