@@ -260,6 +260,7 @@ class OcrService:
             "mean_batch_size": round(batcher.mean_batch_size, 3),
             "last_batch_size": batcher.last_batch_size,
             "throughput_pages_per_s": None if batcher.throughput is None else round(batcher.throughput, 3),
+            "engine_busy_s": round(batcher.engine_seconds, 3),
             "oom_events": batcher.oom_events,
             "pages_too_large": batcher.pages_too_large,
             "expired_total": self.store.expired_total,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -72,12 +73,15 @@ class Engine(Protocol):
 class BatchEngine:
     """Base for engines whose model runs one synchronous batch at a time.
 
-    Subclasses implement `predict`; `run` calls it in a worker thread so the event
-    loop keeps serving while the model works.
+    Subclasses implement `predict`. `run` calls it on the engine's own worker thread,
+    always the same one: the event loop keeps serving while the model works, and
+    per-thread state of the libraries underneath (CUDA handles, CPU thread pools) is
+    made once instead of once for every thread of a shared pool.
     """
 
     name: ClassVar[str] = "batch"
     concurrent_batches: ClassVar[int] = 1
+    _worker: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
         pass
@@ -89,7 +93,9 @@ class BatchEngine:
         raise NotImplementedError
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
-        outcomes = await asyncio.to_thread(self.predict, pages)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-engine")
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._worker, self.predict, pages)
         if len(outcomes) != len(pages):
             raise EngineError(f"{self.name} returned {len(outcomes)} outcomes for {len(pages)} pages")
         for index, outcome in enumerate(outcomes):
