@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -19,6 +25,7 @@ from ocr_service.config import Settings
 from ocr_service.engines.base import Engine
 
 TERMINAL = {"completed", "failed", "cancelled"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings(**overrides: object) -> Settings:
@@ -122,3 +129,61 @@ def file_server(files: dict[str, bytes]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextlib.contextmanager
+def service_process(workdir: Path, env: dict[str, str], start_timeout: float = 90) -> Iterator[ServiceProcess]:
+    """`python run_service.py` as a user starts it: OCR_* settings from `env` (none inherited),
+    a free loopback port, run from `workdir` (no `.env` there); ready once `/ready` says so."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
+    full_env.update({"OCR_HOST": "127.0.0.1", "OCR_PORT": str(port), "PYTHONPATH": str(ROOT), **env})
+    log_path = workdir / "service.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_service.py")], cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                        break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"service did not start:\n{log_path.read_text()[-6000:]}")
+                time.sleep(0.2)
+            yield ServiceProcess(url, process, log_path)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def poll_task(url: str, task_id: str, timeout: float = 120, wanted: set[str] = TERMINAL) -> dict:
+    """Poll a service process until the task reaches a status in `wanted`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(f"{url}/ocr/{task_id}", timeout=10).json()
+        if body["status"] in wanted:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} still {body['status']} after {timeout} s")
+        time.sleep(0.1)

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ocr_service.documents import DocumentError, DocumentLimits, open_document, sniff_media_type
+from ocr_service.documents import (
+    DocumentError,
+    DocumentLimits,
+    open_document,
+    sniff_media_type,
+)
 from ocr_service.documents.pdf import render_scale
 from tests.files import make_pdf, png_header_only
 

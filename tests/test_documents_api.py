@@ -11,7 +11,15 @@ from PIL import Image
 
 from ocr_service.engines.fake import FakeEngine
 from tests.files import make_pdf, png_header_only
-from tests.helpers import encode, file_server, running_app, settings, solid_image, upload, wait_for_task
+from tests.helpers import (
+    encode,
+    file_server,
+    running_app,
+    settings,
+    solid_image,
+    upload,
+    wait_for_task,
+)
 
 SEPARATOR = "\n<--- Page Split --->\n"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -22,7 +22,12 @@ import httpx
 import pytest
 
 from ocr_service.documents import fetch
-from ocr_service.documents.fetch import FetchError, FetchPolicy, UrlFetcher, check_url_syntax
+from ocr_service.documents.fetch import (
+    FetchError,
+    FetchPolicy,
+    UrlFetcher,
+    check_url_syntax,
+)
 
 LIMIT = 64 * 1024
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # not a real PNG: the fetcher must not care

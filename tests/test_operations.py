@@ -13,7 +13,14 @@ import pytest
 from ocr_service.engines.base import PageOutcome, PageRequest
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.logs import JsonFormatter
-from tests.helpers import encode, running_app, settings, solid_image, upload, wait_for_task
+from tests.helpers import (
+    encode,
+    running_app,
+    settings,
+    solid_image,
+    upload,
+    wait_for_task,
+)
 
 
 class EngineCrash(BaseException):

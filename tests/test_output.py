@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ocr_service.output.blocks import Block
-from ocr_service.output.grounding import clean_text, grid_to_pixels, parse_boxes, parse_grounded
+from ocr_service.output.grounding import (
+    clean_text,
+    grid_to_pixels,
+    parse_boxes,
+    parse_grounded,
+)
 from ocr_service.output.pages import PAGE_SEPARATOR, PageResult, join_pages, render_page
 
 # Shaped like real DeepSeek-OCR output for the grounding prompt (a newline after each

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ocr_service.engines.base import EngineOutOfMemory, PageOutput, PageRequest
-from tests.helpers import encode, text_page
-from tests.models.support import needs_transformers_ocr2, running_service, tiny_model, wait_for_task
+from tests.helpers import encode, poll_task, service_process, text_page
+from tests.models.support import needs_transformers_ocr2, tiny_model
 
 pytestmark = needs_transformers_ocr2
 
@@ -117,11 +117,12 @@ def test_the_service_answers_an_upload_with_transformers(model_dir: Path, tmp_pa
         "OCR_BATCH_TIMEOUT": "0.5",
         "OCR_DEFAULT_MAX_TOKENS": "24",
     }
-    with running_service(env, tmp_path, start_timeout=300) as url:
+    with service_process(tmp_path, env, start_timeout=300) as service:
+        url = service.url
         upload = encode(a4_page())
         response = httpx.post(f"{url}/ocr", files={"file": ("page.png", upload, "image/png")}, data={"max_tokens": "16"})
         assert response.status_code == 202, response.text
-        task = wait_for_task(url, response.json()["task_id"], timeout=300)
+        task = poll_task(url, response.json()["task_id"], timeout=300)
         assert task["status"] == "completed", task
         assert isinstance(task["result"], str)
         (page,) = task["pages"]

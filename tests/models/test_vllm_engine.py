@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import encode, text_page
-from tests.models.support import VLLM_CPU_ENV, needs_vllm, running_service, tiny_model, wait_for_task
+from tests.helpers import encode, poll_task, service_process, text_page
+from tests.models.support import VLLM_CPU_ENV, needs_vllm, tiny_model
 
 pytestmark = needs_vllm
 
@@ -35,7 +35,8 @@ def test_the_service_answers_uploads_with_vllm_page_by_page(model_dir: Path, tmp
     }
     # At most 640 px a side: one view, no tiles, the cheapest page vLLM's towers take.
     upload = encode(text_page(["Invoice 4711", "Total 12.50", "发票 合计"], size=(452, 640), font_size=28))
-    with running_service(env, tmp_path, start_timeout=900) as url:
+    with service_process(tmp_path, env, start_timeout=900) as service:
+        url = service.url
 
         def post(**form: str) -> str:
             response = httpx.post(f"{url}/ocr", files={"file": ("page.png", upload, "image/png")}, data=form)
@@ -48,16 +49,16 @@ def test_the_service_answers_uploads_with_vllm_page_by_page(model_dir: Path, tmp
         # A prompt longer than OCR_MAX_MODEL_LEN: vLLM refuses this page alone.
         too_long = post(prompt="<image>\n" + "x" * 3000)
 
-        done = wait_for_task(url, short, timeout=600)
+        done = poll_task(url, short, timeout=600)
         assert done["status"] == "completed", done
         assert done["pages"][0]["finish_reason"] == "length" and done["warnings"], done
         assert isinstance(done["result"], str)
 
-        done = wait_for_task(url, grounded, timeout=600)
+        done = poll_task(url, grounded, timeout=600)
         assert done["status"] == "completed", done
         assert done["pages"][0]["finish_reason"] in ("stop", "length")
 
-        failed = wait_for_task(url, too_long, timeout=600)
+        failed = poll_task(url, too_long, timeout=600)
         assert failed["status"] == "failed" and "2048" in failed["error"], failed
 
         stats = httpx.get(f"{url}/stats").json()
