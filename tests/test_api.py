@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from ocr_service.engines.base import PageRequest
+from ocr_service.engines.base import PageOutput, PageRequest
 from ocr_service.engines.fake import FakeEngine
 from tests.helpers import (
     encode,
@@ -253,3 +253,40 @@ async def test_bad_requests_are_4xx_json_and_change_nothing() -> None:
         assert stats["total"] == 0 and stats["queue_depth"] == 0
         good = (await upload(client, encode(solid_image(2)))).json()["task_id"]
         assert (await wait_for_task(client, good))["status"] == "completed"
+
+
+class PageByPageEngine:
+    """An engine that, like vLLM, runs pages concurrently and returns each as it finishes.
+
+    A prompt "sleep=S" makes that page take S seconds.
+    """
+
+    name = "page-by-page"
+    concurrent_batches = 100
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def run(self, pages):  # type: ignore[no-untyped-def]
+        async def one(index: int, page: PageRequest):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(float(page.prompt.rsplit("sleep=", 1)[1]))
+            return index, PageOutput(f"done after {page.prompt}")
+
+        for next_done in asyncio.as_completed([one(i, p) for i, p in enumerate(pages)]):
+            yield await next_done
+
+
+async def test_a_slow_page_does_not_hold_the_slots_of_its_finished_batch_mates() -> None:
+    engine = PageByPageEngine()
+    async with running_app(settings(batch_size=2, batch_policy="adaptive"), engine) as client:
+        slow = (await upload(client, encode(solid_image(0)), prompt="sleep=3")).json()["task_id"]
+        quick = (await upload(client, encode(solid_image(1)), prompt="sleep=0.05")).json()["task_id"]
+        await wait_for_task(client, quick, timeout=2)
+        # The slow page still runs; the quick one's slot is free for the next page.
+        later = (await upload(client, encode(solid_image(2)), prompt="sleep=0.05")).json()["task_id"]
+        assert (await wait_for_task(client, later, timeout=2))["status"] == "completed"
+        assert (await client.get(f"/ocr/{slow}")).json()["status"] == "processing"
+        assert (await wait_for_task(client, slow, timeout=10))["status"] == "completed"

@@ -155,6 +155,8 @@ class Batcher:
             pass
 
     def _launch(self, jobs: list[PageJob]) -> None:
+        for job in jobs:
+            job.in_flight = True
         self.in_flight_pages += len(jobs)
         if self.observer is not None:
             self.observer.batch_formed(len(jobs), time.monotonic() - jobs[0].arrived_at)
@@ -190,7 +192,16 @@ class Batcher:
             for job in jobs:
                 self._fail(job.task, f"internal error while processing the batch: {exc}")
         finally:
-            self.in_flight_pages -= len(jobs)
+            for job in jobs:
+                self._release(job)
+
+    def _release(self, job: PageJob) -> None:
+        """Give a finished page's slot back at once: an engine that returns pages as they
+        finish (vLLM) can take new ones while a slow batch-mate still runs."""
+        if job.in_flight:
+            job.in_flight = False
+            self.in_flight_pages -= 1
+            self._wakeup.set()
 
     async def _infer(self, items: Sequence[tuple[PageJob, Image.Image]]) -> None:
         """Run pages through the engine, splitting the batch on out-of-memory errors."""
@@ -206,6 +217,7 @@ class Batcher:
                 done.add(index)
                 job, image = items[index]
                 self._complete(job, image, outcome)
+                self._release(job)
         except EngineOutOfMemory as exc:
             out_of_memory = str(exc)
         except Exception as exc:

@@ -32,6 +32,7 @@ class PageJob:
     task: Task
     index: int
     arrived_at: float = field(default_factory=time.monotonic)
+    in_flight: bool = False  # holds one of the batcher's page slots
 
 
 class PageQueue:
