@@ -221,8 +221,14 @@ def write_tokenizer(out: Path, arch: Arch) -> None:
     Built with `tokenizers` alone, offline. Every byte is a token, so any text
     (Chinese included) round-trips; a BOS is prepended as the real tokenizer does.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers import AddedToken
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
 
     ids = token_ids()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -290,7 +296,11 @@ def _write_ocr2_processor(out: Path) -> None:
     from ocr_service.engines._torch_util import import_torchvision
 
     import_torchvision()  # the image processor needs it; see _torch_util
-    from transformers import DeepseekOcr2ImageProcessor, DeepseekOcr2Processor, PreTrainedTokenizerFast
+    from transformers import (
+        DeepseekOcr2ImageProcessor,
+        DeepseekOcr2Processor,
+        PreTrainedTokenizerFast,
+    )
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out))
     processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer)

@@ -14,7 +14,14 @@ import time
 from collections.abc import Sequence
 
 from ocr_service.config import Settings
-from ocr_service.engines.base import BatchEngine, EngineError, EngineOutOfMemory, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import (
+    BatchEngine,
+    EngineError,
+    EngineOutOfMemory,
+    PageOutcome,
+    PageOutput,
+    PageRequest,
+)
 
 FAIL_MARKER = "[fake:fail]"
 GROUNDING_MARKER = "<|grounding|>"

@@ -13,8 +13,8 @@ torch and transformers are imported in `load`, after the torchvision fix.
 
 from __future__ import annotations
 
-import gc
 import copy
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +28,14 @@ from ocr_service.engines._torch_util import (
     install_torchvision_import_fix,
     is_out_of_memory,
 )
-from ocr_service.engines.base import BatchEngine, EngineError, EngineOutOfMemory, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import (
+    BatchEngine,
+    EngineError,
+    EngineOutOfMemory,
+    PageOutcome,
+    PageOutput,
+    PageRequest,
+)
 from ocr_service.tiny_model import RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
@@ -144,7 +151,11 @@ class TransformersEngine(BatchEngine):
         install_torchvision_import_fix()  # the image processor imports torchvision
         try:
             import torch
-            from transformers import AutoConfig, AutoProcessor, DeepseekOcr2ForConditionalGeneration
+            from transformers import (
+                AutoConfig,
+                AutoProcessor,
+                DeepseekOcr2ForConditionalGeneration,
+            )
         except ImportError as exc:
             raise RuntimeError(
                 f"OCR_ENGINE=transformers needs torch and transformers>=5.10.1 with DeepSeek-OCR-2 ({exc}); "

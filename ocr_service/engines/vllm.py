@@ -31,7 +31,13 @@ from ocr_service.engines._torch_util import (
     install_torchvision_import_fix,
     is_out_of_memory,
 )
-from ocr_service.engines.base import EngineError, EngineOutOfMemory, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import (
+    EngineError,
+    EngineOutOfMemory,
+    PageOutcome,
+    PageOutput,
+    PageRequest,
+)
 from ocr_service.tiny_model import EOS, RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ocr_service.output.blocks import Block
-from ocr_service.output.grounding import GroundedSpan, clean_text, grid_to_pixels, is_layout, parse_grounded
+from ocr_service.output.grounding import (
+    GroundedSpan,
+    clean_text,
+    grid_to_pixels,
+    is_layout,
+    parse_grounded,
+)
 
 # The separator upstream's run_dpsk_ocr_pdf.py writes between pages (seed 000 too).
 PAGE_SEPARATOR = "\n<--- Page Split --->\n"
