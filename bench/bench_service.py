@@ -28,15 +28,15 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness  # noqa: E402
-from bench.pages import a4_text_page, encode_png, noise_png  # noqa: E402
+from bench import harness
+from bench.pages import a4_text_page, encode_png, noise_png
 
 PLOTS = ROOT / "bench" / "plots"
 POLICIES = {  # name -> (OCR_BATCH_POLICY, OCR_BATCH_TIMEOUT)
@@ -82,7 +82,7 @@ def machine() -> dict[str, object]:
         "cpus": psutil.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -305,7 +305,7 @@ def _intake_worker(base_url: str, bodies: Sequence[bytes], clients: int, duratio
                     try:
                         response = await http.post("/ocr", bodies[index % len(bodies)], harness.HEADERS)
                         key = str(response.status_code)
-                    except Exception as exc:  # counted, not raised: the figure is what got through
+                    except harness.HTTP_ERRORS as exc:  # counted, not raised: the figure is what got through
                         key = type(exc).__name__
                     codes[key] = codes.get(key, 0) + 1
                     index += clients

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psutil
@@ -166,7 +166,7 @@ class LoopbackClient:
         self._slots = asyncio.Semaphore(connections)
         self._open: set[asyncio.StreamWriter] = set()
 
-    async def __aenter__(self) -> LoopbackClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -437,7 +437,7 @@ class RssSampler:
                 self.peak_mb = max(self.peak_mb, self.service.rss_mb())
             self._stop.wait(self.period)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-WORDS = (
+WORDS = (  # noqa: SIM905 (one readable paragraph of words)
     "the service batches pages for the engine and answers each client with its own result while the queue "
     "stays bounded invoice total amount date customer order shipping address quarterly report revenue "
     "growth margin section table figure appendix summary results method analysis patient record contract "
