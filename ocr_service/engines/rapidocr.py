@@ -8,25 +8,32 @@ reading order.
 Settings follow measurements on 2-core machines (DESIGN.md section 6): the angle
 classifier off (it flipped some long lines), the detector input capped at 960 px
 (about 2x faster, same accuracy), one recognition crop at a time, and one shared
-instance called from `threads` worker threads with one onnxruntime thread each.
+instance called from `threads` worker threads with one onnxruntime thread each
+(on two cores: one page per core at a time).
 Everything is set at construction: per-call overrides write into the shared
 instance and would race between threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ocr_service.config import Settings
-from ocr_service.engines.base import BatchEngine, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import EngineError, PageOutcome, PageOutput, PageRequest
 from ocr_service.output.blocks import Block
 
 
-class RapidOcrEngine(BatchEngine):
+class RapidOcrEngine:
+    """RapidOCR, taking pages continuously: each page goes to the thread pool on its own
+    and comes back as soon as it is read, so a lone page never leaves a core idle while
+    it waits for companions; `OCR_BATCH_SIZE` caps the pages in flight."""
+
     name = "rapidocr"
+    concurrent_batches = 1_000  # the batcher may hand over pages whenever it has room
 
     def __init__(self, threads: int = 2, det_limit_side_len: int = 960) -> None:
         self.threads = threads
@@ -60,17 +67,19 @@ class RapidOcrEngine(BatchEngine):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
         if self._ocr is None or self._pool is None:
-            raise RuntimeError("RapidOcrEngine.load() was not called")
-        futures = [self._pool.submit(self._read_page, page) for page in pages]
-        outcomes: list[PageOutcome] = []
-        for future in futures:
+            raise EngineError("RapidOcrEngine.load() was not called")
+        loop = asyncio.get_running_loop()
+
+        async def read(index: int, page: PageRequest) -> tuple[int, PageOutcome]:
             try:
-                outcomes.append(future.result())
+                return index, await loop.run_in_executor(self._pool, self._read_page, page)
             except Exception as exc:  # one bad page fails alone
-                outcomes.append(exc)
-        return outcomes
+                return index, exc
+
+        for finished in asyncio.as_completed([read(index, page) for index, page in enumerate(pages)]):
+            yield await finished
 
     def _read_page(self, page: PageRequest) -> PageOutput:
         # Pass an array, never a string: RapidOCR fetches strings that look like URLs.
