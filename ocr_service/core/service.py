@@ -18,11 +18,11 @@ from ocr_service.core.store import TaskStore
 from ocr_service.core.tasks import BatchJob, OcrParams, Task, TaskStatus
 from ocr_service.documents import DocumentError, DocumentLimits, open_document
 from ocr_service.documents.fetch import FetchError, UrlFetcher, check_url_syntax
+from ocr_service.engines.base import with_image_tag
 
 logger = logging.getLogger(__name__)
 
 MAX_CONCURRENT_DOWNLOADS = 16
-IMAGE_TOKEN = "<image>"
 
 
 class CancelRefused(Exception):
@@ -32,7 +32,7 @@ class CancelRefused(Exception):
 def normalize_prompt(prompt: str) -> str:
     """DeepSeek prompts start with the image placeholder; add it where a client left it out."""
     prompt = prompt.replace("\\n", "\n")  # curl -F sends a typed "\n" literally
-    return prompt if IMAGE_TOKEN in prompt else f"{IMAGE_TOKEN}\n{prompt}"
+    return with_image_tag(prompt)
 
 
 @dataclass(frozen=True)

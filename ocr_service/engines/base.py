@@ -18,6 +18,13 @@ from PIL import Image
 
 from ocr_service.output.blocks import Block
 
+IMAGE_TAG = "<image>"
+
+
+def with_image_tag(prompt: str) -> str:
+    """DeepSeek prompts hold one `<image>` placeholder; put it first where it is missing."""
+    return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
+
 
 class EngineOutOfMemory(Exception):
     """The batch did not fit in the device's memory; a smaller batch may."""

@@ -35,12 +35,11 @@ from ocr_service.engines.base import (
     PageOutcome,
     PageOutput,
     PageRequest,
+    with_image_tag,
 )
 from ocr_service.tiny_model import RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
-
-IMAGE_TAG = "<image>"
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,6 @@ def check_resolution_mode(mode: str) -> ViewSize:
         )
     return RESOLUTION_MODES[mode]
 
-
-def with_image_tag(prompt: str) -> str:
-    """DeepSeek prompts must hold one `<image>`; put it first when a user left it out."""
-    return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
 
 
 def finish_row(generated: Sequence[int], eos_id: int, max_tokens: int) -> tuple[list[int], str]:

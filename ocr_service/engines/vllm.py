@@ -37,12 +37,11 @@ from ocr_service.engines.base import (
     PageOutcome,
     PageOutput,
     PageRequest,
+    with_image_tag,
 )
 from ocr_service.tiny_model import EOS, RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
-
-IMAGE_TAG = "<image>"
 
 # vLLM sizes DeepSeek-OCR's image placeholders from module constants fixed at
 # Gundam (vllm/transformers_utils/processors/deepseek_ocr.py: BASE_SIZE 1024,
@@ -94,10 +93,6 @@ def uses_random_weights(model_path: str) -> bool:
     """Whether `model_path` is a folder from `ocr_service.tiny_model` without a checkpoint."""
     return (Path(model_path) / RANDOM_WEIGHTS_MARKER).is_file()
 
-
-def with_image_tag(prompt: str) -> str:
-    """DeepSeek prompts must hold one `<image>`; put it first when a user left it out."""
-    return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
 
 
 def engine_arguments(options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
