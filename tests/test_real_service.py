@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -51,3 +52,18 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "run_service.py")], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "OCR_BATCH_POLICY" in result.stderr
+
+
+def test_a_three_page_pdf_comes_back_as_one_task_with_its_pages_in_order(service_url: str) -> None:
+    pages = [text_page([f"This is page {word} of the report"], size=(1000, 700)) for word in ("one", "two", "three")]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
+    response = httpx.post(f"{service_url}/ocr", files={"file": ("report.pdf", buffer.getvalue(), "application/pdf")})
+    assert response.status_code == 202
+    task = poll_task(service_url, response.json()["task_id"])
+    assert task["status"] == "completed", task
+    assert task["progress"] == {"pages_done": 3, "pages_total": 3}
+    markdowns = [page["markdown"] for page in task["pages"]]
+    for markdown, word in zip(markdowns, ("one", "two", "three"), strict=True):
+        assert f"page {word} of the report" in markdown
+    assert task["result"] == "\n<--- Page Split --->\n".join(markdowns)
