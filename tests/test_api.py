@@ -113,20 +113,20 @@ async def test_idle_service_full_of_finished_tasks_still_accepts_work() -> None:
 
 
 async def test_ttl_counts_from_the_end_of_a_long_task() -> None:
-    engine = FakeEngine(batch_latency=0.8)
-    async with running_app(settings(task_ttl=0.4, cleanup_interval=0.05), engine) as client:
+    engine = FakeEngine(batch_latency=2.0)
+    async with running_app(settings(task_ttl=1.0, cleanup_interval=0.05), engine) as client:
         task_id = (await upload(client, encode(solid_image(3)))).json()["task_id"]
         task = await wait_for_task(client, task_id)  # ran twice as long as the TTL
         assert task["status"] == "completed"
         await asyncio.sleep(0.1)
         assert (await client.get(f"/ocr/{task_id}")).status_code == 200, "expired before a TTL had passed"
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.3)
         assert (await client.get(f"/ocr/{task_id}")).status_code == 404
 
 
 async def test_each_page_keeps_its_own_parameters() -> None:
     engine = RecordingEngine(batch_latency=0.2)
-    async with running_app(settings(batch_size=8, batch_policy="timeout", batch_timeout=0.3), engine) as client:
+    async with running_app(settings(batch_size=8, batch_policy="timeout", batch_timeout=2.0), engine) as client:
         forms = [
             {"prompt": "<image>\nFree OCR.", "temperature": 0.0, "max_tokens": 100},
             {"prompt": "Parse the figure.", "temperature": 0.7, "max_tokens": 2000},
@@ -146,7 +146,7 @@ async def test_each_page_keeps_its_own_parameters() -> None:
 
 async def test_a_failing_page_does_not_fail_its_batch_mates() -> None:
     engine = FakeEngine(batch_latency=0.1)
-    async with running_app(settings(batch_size=4, batch_policy="timeout", batch_timeout=0.3), engine) as client:
+    async with running_app(settings(batch_size=4, batch_policy="timeout", batch_timeout=2.0), engine) as client:
         prompts = ["Free OCR.", "Free OCR. [fake:fail]", "Free OCR.", "Free OCR."]
         ids = [(await upload(client, encode(solid_image(s)), prompt=p)).json()["task_id"] for s, p in enumerate(prompts)]
         tasks = [await wait_for_task(client, task_id) for task_id in ids]
@@ -171,14 +171,14 @@ async def test_timeout_policy_waits_for_a_full_batch_or_the_timeout() -> None:
 
 
 async def test_adaptive_policy_sends_at_once_when_idle_and_grows_batches_when_busy() -> None:
-    engine = FakeEngine(batch_latency=0.3)
-    async with running_app(settings(batch_size=8, batch_policy="adaptive", batch_timeout=5.0), engine) as client:
+    engine = FakeEngine(batch_latency=1.0)
+    async with running_app(settings(batch_size=8, batch_policy="adaptive", batch_timeout=10.0), engine) as client:
         first = (await upload(client, encode(solid_image(0)))).json()["task_id"]
         await asyncio.sleep(0.05)  # the engine is now busy with the first page
         rest = [(await upload(client, encode(solid_image(s)))).json()["task_id"] for s in range(1, 6)]
-        await wait_for_task(client, first, timeout=2)  # far less than the 5 s timeout
+        await wait_for_task(client, first, timeout=5)  # far less than the 10 s timeout
         for task_id in rest:
-            await wait_for_task(client, task_id, timeout=3)
+            await wait_for_task(client, task_id, timeout=8)
         stats = (await client.get("/stats")).json()
     assert engine.batches_seen == [1, 5]
     assert stats["batches_run"] == 2 and stats["mean_batch_size"] == 3.0
