@@ -61,6 +61,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 timeout=settings.image_download_timeout,
                 allow_private=settings.allow_private_urls,
                 max_redirects=settings.max_redirects,
+                allowed_hosts=settings.url_allowed_host_set,
             )
         )
         service = OcrService(store, queue, batcher, fetcher, document_limits(settings), service_config(settings, the_engine))

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     pdf_dpi: int = Field(144, ge=36, le=600)
     max_pdf_pages: int = Field(500, ge=1)
     allow_private_urls: bool = False
+    url_allowed_hosts: str = ""  # comma-separated host names URLs may name; empty = any (public) host
     max_redirects: int = Field(5, ge=0, le=20)
 
     # Default OCR parameters
@@ -112,6 +113,10 @@ class Settings(BaseSettings):
         if self.window_size < self.ngram_size:
             raise ValueError("OCR_WINDOW_SIZE must be at least OCR_NGRAM_SIZE")
         return self
+
+    @property
+    def url_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(host.strip().lower() for host in self.url_allowed_hosts.split(",") if host.strip())
 
     @property
     def api_key_list(self) -> list[str]:

@@ -103,6 +103,30 @@ async def wait_for_batch(client: httpx.AsyncClient, batch_id: str, timeout: floa
 
 
 @contextlib.contextmanager
+def stalling_server(seconds: float) -> Iterator[str]:
+    """A server on 127.0.0.1 that waits `seconds` before answering each request (404)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            time.sleep(seconds)
+            with contextlib.suppress(OSError):  # the client may have gone (a cancelled download)
+                self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def file_server(files: dict[str, bytes]) -> Iterator[str]:
     """Serve `files` on 127.0.0.1 (as application/octet-stream); yields the base URL."""
 

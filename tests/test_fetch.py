@@ -559,3 +559,27 @@ async def test_cookies_are_never_stored_or_sent(monkeypatch: pytest.MonkeyPatch)
 
 async def _ready(value: list[str]) -> list[str]:
     return value
+
+
+# --- host allowlist (OCR_URL_ALLOWED_HOSTS) ---------------------------------------------------
+
+
+async def test_hosts_outside_the_allowlist_are_refused_before_any_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    monkeypatch.setattr(fetch, "resolve_host", fake_resolver({"docs.example": ["93.184.215.14"]}, lookups))
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, content=IMAGE)
+
+    policy = FetchPolicy(max_bytes=LIMIT, timeout=5.0, allow_private=False, max_redirects=3,
+                         allowed_hosts=frozenset({"docs.example"}))
+    fetcher = UrlFetcher(policy, transport=httpx.MockTransport(answer))
+    try:
+        assert await fetcher.fetch("https://docs.example/a.png") == IMAGE
+        with pytest.raises(FetchError, match="not in OCR_URL_ALLOWED_HOSTS"):
+            await fetcher.fetch("https://other.example/a.png")
+    finally:
+        await fetcher.aclose()
+    assert lookups == ["docs.example"] and len(seen) == 1

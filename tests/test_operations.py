@@ -18,6 +18,7 @@ from tests.helpers import (
     running_app,
     settings,
     solid_image,
+    stalling_server,
     upload,
     wait_for_task,
 )
@@ -160,20 +161,21 @@ async def _status_is(client, task_id: str, status: str) -> bool:  # type: ignore
 
 
 async def test_cancel_a_batch_cancels_its_waiting_items() -> None:
-    # URLs that never answer quickly: the items wait for their downloads.
+    # A local server that answers slowly: the items wait for their downloads.
     engine = FakeEngine(batch_latency=0.5)
-    async with running_app(settings(batch_size=1, max_queue_size=10, image_download_timeout=5), engine) as client:
-        busy = (await upload(client, encode(solid_image(0)))).json()["task_id"]
-        response = await client.post("/ocr/url/batch", json={"urls": ["http://10.255.255.1/a.png", "http://10.255.255.1/b.png"]})
-        batch_id = response.json()["batch_task_id"]
-        cancelled = await client.delete(f"/ocr/batch/{batch_id}")
-        assert cancelled.status_code == 200
-        body = cancelled.json()
-        assert body["status"] == "cancelled" and body["cancelled"] == 2
-        stats = (await client.get("/stats")).json()
-        assert stats["queue_depth"] == 0, "cancelled downloads still hold queue slots"
-        assert (await client.delete("/ocr/batch/nope")).status_code == 404
-        await wait_for_task(client, busy)
+    with stalling_server(seconds=3) as base:
+        async with running_app(settings(batch_size=1, max_queue_size=10, image_download_timeout=5), engine) as client:
+            busy = (await upload(client, encode(solid_image(0)))).json()["task_id"]
+            response = await client.post("/ocr/url/batch", json={"urls": [f"{base}/a.png", f"{base}/b.png"]})
+            batch_id = response.json()["batch_task_id"]
+            cancelled = await client.delete(f"/ocr/batch/{batch_id}")
+            assert cancelled.status_code == 200
+            body = cancelled.json()
+            assert body["status"] == "cancelled" and body["cancelled"] == 2
+            stats = (await client.get("/stats")).json()
+            assert stats["queue_depth"] == 0, "cancelled downloads still hold queue slots"
+            assert (await client.delete("/ocr/batch/nope")).status_code == 404
+            await wait_for_task(client, busy)
 
 
 async def test_waiting_task_shows_queue_position_and_estimated_wait() -> None:

@@ -51,6 +51,7 @@ class FetchPolicy:
     timeout: float  # OCR_IMAGE_DOWNLOAD_TIMEOUT: the whole fetch, redirects included
     allow_private: bool  # OCR_ALLOW_PRIVATE_URLS
     max_redirects: int  # OCR_MAX_REDIRECTS
+    allowed_hosts: frozenset[str] = frozenset()  # OCR_URL_ALLOWED_HOSTS; empty = any host
 
 
 def check_url_syntax(url: str) -> None:
@@ -161,6 +162,9 @@ class UrlFetcher:
         """Resolve the URL's host once and return the addresses to connect to, if all are allowed."""
         host = url.raw_host.decode("ascii")
         port = url.port or (443 if url.scheme == "https" else 80)
+        allowed = self._policy.allowed_hosts
+        if allowed and host.lower() not in allowed:  # checked before any lookup or connection
+            raise FetchError(f"host {host!r} is not in OCR_URL_ALLOWED_HOSTS")
         try:
             resolved = await resolve_host(host, port)
         except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
