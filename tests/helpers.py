@@ -81,24 +81,21 @@ async def upload(client: httpx.AsyncClient, data: bytes, filename: str = "page.p
 
 
 async def wait_for_task(client: httpx.AsyncClient, task_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = (await client.get(f"/ocr/{task_id}")).json()
-        if body["status"] in TERMINAL:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} still {body['status']} after {timeout} s")
-        await asyncio.sleep(0.02)
+    return await _poll_until_ended(client, f"/ocr/{task_id}", timeout)
 
 
 async def wait_for_batch(client: httpx.AsyncClient, batch_id: str, timeout: float = 30) -> dict:
+    return await _poll_until_ended(client, f"/ocr/batch/{batch_id}", timeout)
+
+
+async def _poll_until_ended(client: httpx.AsyncClient, path: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        body = (await client.get(f"/ocr/batch/{batch_id}")).json()
+        body = (await client.get(path)).json()
         if body["status"] in TERMINAL:
             return body
         if time.monotonic() > deadline:
-            raise AssertionError(f"batch {batch_id} still {body['status']} after {timeout} s")
+            raise AssertionError(f"{path} still {body['status']} after {timeout} s")
         await asyncio.sleep(0.02)
 
 
@@ -106,31 +103,21 @@ async def wait_for_batch(client: httpx.AsyncClient, batch_id: str, timeout: floa
 def stalling_server(seconds: float) -> Iterator[str]:
     """A server on 127.0.0.1 that waits `seconds` before answering each request (404)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             time.sleep(seconds)
             with contextlib.suppress(OSError):  # the client may have gone (a cancelled download)
                 self.send_error(404)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serve(Handler) as base:
+        yield base
 
 
 @contextlib.contextmanager
 def file_server(files: dict[str, bytes]) -> Iterator[str]:
     """Serve `files` on 127.0.0.1 (as application/octet-stream); yields the base URL."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             body = files.get(self.path)
             if body is None:
@@ -142,10 +129,20 @@ def file_server(files: dict[str, bytes]) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
+    with _serve(Handler) as base:
+        yield base
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Run `handler` on a free 127.0.0.1 port in a background thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
