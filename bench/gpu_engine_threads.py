@@ -28,7 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from bench.gpu_transformers import PROMPT, KeepLoaded, a4_page, synchronize, time_service  # noqa: E402
+from bench.gpu_transformers import (  # noqa: E402
+    PROMPT,
+    KeepLoaded,
+    a4_page,
+    synchronize,
+    time_service,
+)
 from ocr_service.engines.base import PageRequest  # noqa: E402
 from ocr_service.engines.transformers import TransformersOptions  # noqa: E402
 from ocr_service.tiny_model import write_model  # noqa: E402

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from PIL import Image
@@ -51,13 +51,11 @@ class BatcherCrashed(Exception):
 class BatcherStats:
     batches_run: int = 0
     pages_run: int = 0
-    pages_failed: int = 0
     oom_events: int = 0
     pages_too_large: int = 0
     last_batch_size: int = 0
     engine_seconds: float = 0.0
     throughput: float | None = None  # pages per second of engine time, smoothed
-    batch_sizes: list[int] = field(default_factory=list, repr=False)  # recent, for tests and /stats
 
     @property
     def mean_batch_size(self) -> float:
@@ -89,10 +87,6 @@ class Batcher:
         self._crash: BaseException | None = None
         self.observer: BatchObserver | None = None
         queue.on_arrival = self._wakeup.set
-
-    @property
-    def busy(self) -> bool:
-        return self.in_flight_pages > 0
 
     async def run(self) -> None:
         """Form and launch batches for the life of the app."""
@@ -265,7 +259,6 @@ class Batcher:
         stats.engine_seconds += seconds
         if self.observer is not None:
             self.observer.batch_ran(size, seconds)
-        stats.batch_sizes = [*stats.batch_sizes[-999:], size]
         if seconds > 0:
             rate = size / seconds
             old = stats.throughput
@@ -286,7 +279,6 @@ class Batcher:
 
     def _fail(self, task: Task, error: str) -> None:
         if not task.status.terminal:
-            self.stats.pages_failed += 1
             task.fail(error)
             self.queue.discard(task)  # its other pages need not run
 

@@ -75,11 +75,6 @@ class GroundedSpan:
     text: str
 
 
-def has_grounding(text: str) -> bool:
-    """True when `text` holds at least one complete `<|ref|>..<|det|>..<|/det|>` block."""
-    return _REF_DET.search(text) is not None
-
-
 def parse_grounded(text: str) -> tuple[str, list[GroundedSpan]]:
     """Split grounded output into the text before the first block and the blocks.
 
