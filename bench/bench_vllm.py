@@ -2,7 +2,7 @@
 """DeepSeek-OCR on vLLM, the engine alone: pages/s and output tokens/s on your GPU.
 
 For users with a GPU, vLLM and the real weights. It builds the service's own engine
-(`VllmEngine.from_settings`, so every OCR_* variable applies as in the service), loads
+(`build_engine`, so every OCR_* variable applies as in the service), loads
 it once, and sends the pages the way the batcher does: all of them in flight at once
 in batches of --batch-size (vLLM batches continuously; OCR_BATCH_SIZE is also its
 max_num_seqs). Output tokens come from `PageOutput.output_tokens`. It prints the
@@ -66,7 +66,7 @@ def load_images(args: argparse.Namespace) -> list:
 
 
 async def read_all(engine, requests: list, batch_size: int) -> tuple[float, list]:
-    """Every batch in flight at once, as the batcher does for vLLM (concurrent_batches)."""
+    """Every batch in flight at once, as the batcher does for vLLM (max_batches_in_flight=None)."""
     outcomes: list = [None] * len(requests)
 
     async def one_batch(start: int) -> None:
@@ -85,14 +85,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "pip install -r requirements_models.txt (see the README's GPU engines section), then run it again.")
     from ocr_service.config import Settings
     from ocr_service.engines.base import PageOutput, PageRequest
-    from ocr_service.engines.vllm import VllmEngine
+    from ocr_service.engines.registry import build_engine
 
     settings = Settings(_env_file=None, engine="vllm", model_path=args.model, batch_size=args.batch_size,  # type: ignore[call-arg]
                         gpu_memory_util=args.gpu_memory_util, max_model_len=args.max_model_len,
                         tensor_parallel_size=args.tensor_parallel_size)
     images = load_images(args)
-    requests = [PageRequest(image, args.prompt, 0.0, args.max_tokens) for image in images]
-    engine = VllmEngine.from_settings(settings)
+    requests = [PageRequest.of_image(image, args.prompt, 0.0, args.max_tokens) for image in images]
+    engine = build_engine(settings)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     engine.load()
     try:

@@ -26,18 +26,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from bench.gpu_transformers import (  # noqa: E402
+from bench.gpu_transformers import (
     PROMPT,
     KeepLoaded,
     a4_page,
     synchronize,
     time_service,
 )
-from ocr_service.engines.base import PageRequest  # noqa: E402
-from ocr_service.engines.transformers import TransformersOptions  # noqa: E402
-from ocr_service.tiny_model import write_model  # noqa: E402
+from ocr_service.engines.base import DecodedPage
+from ocr_service.engines.transformers import TransformersOptions
+from ocr_service.tiny_model import write_model
 
 
 def timed(label: str, batches: int, pages: int, call: Any) -> dict[str, Any]:
@@ -70,12 +70,12 @@ def main() -> None:
     buffer = io.BytesIO()
     page.save(buffer, format="PNG")
     upload = buffer.getvalue()
-    engine.predict([PageRequest(page, PROMPT, 0.0, 8)])  # warm-up
+    engine.predict([DecodedPage(page, PROMPT, 0.0, 8)])  # warm-up
 
     results: list[dict[str, Any]] = []
     for batch in args.batch_sizes:
-        same = [PageRequest(page, PROMPT, 0.0, args.new_tokens)] * batch
-        distinct = [PageRequest(Image.open(io.BytesIO(upload)).convert("RGB"), PROMPT, 0.0, args.new_tokens) for _ in range(batch)]
+        same = [DecodedPage(page, PROMPT, 0.0, args.new_tokens)] * batch
+        distinct = [DecodedPage(Image.open(io.BytesIO(upload)).convert("RGB"), PROMPT, 0.0, args.new_tokens) for _ in range(batch)]
         pages = batch * args.batches
 
         async def shared_pool() -> None:

@@ -28,11 +28,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont
 
-from ocr_service.engines.base import PageOutput, PageRequest  # noqa: E402
-from ocr_service.engines.transformers import TransformersEngine, TransformersOptions  # noqa: E402
-from ocr_service.tiny_model import write_model  # noqa: E402
+from ocr_service.engines.base import PageOutput, PageRequest
+from ocr_service.engines.transformers import TransformersEngine, TransformersOptions
+from ocr_service.tiny_model import write_model
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 
@@ -62,7 +62,7 @@ class KeepLoaded(TransformersEngine):
 
 
 def time_engine(engine: KeepLoaded, page: Image.Image, batch: int, batches: int, new_tokens: int) -> dict[str, Any]:
-    requests = [PageRequest(page, PROMPT, 0.0, new_tokens) for _ in range(batch)]
+    requests = [PageRequest.of_image(page, PROMPT, 0.0, new_tokens) for _ in range(batch)]
     engine.reset_peak_memory()
     synchronize()
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def main() -> None:
     write_model("deepseek-ocr2", model_dir, full_size=not args.tiny, weights=False)
     engine = KeepLoaded(TransformersOptions(str(model_dir), "gundam", ngram_size=30, window_size=90, ignore_eos=True))
     engine.load()
-    params = sum(p.numel() for p in engine._model.parameters())  # noqa: SLF001 - a benchmark may look
+    params = sum(p.numel() for p in engine._model.parameters())
     results["parameters"] = params
     results["load_seconds"] = round(time.perf_counter() - started, 1)
     print(f"loaded {params / 1e9:.2f}B parameters in {results['load_seconds']} s", flush=True)

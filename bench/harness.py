@@ -388,7 +388,7 @@ def engine_alone(
     def batch(number: int) -> list[PageRequest]:
         start = number * batch_size
         return [
-            PageRequest(images[(start + i) % len(images)], config.default_prompt, config.default_temperature,
+            PageRequest.of_image(images[(start + i) % len(images)], config.default_prompt, config.default_temperature,
                         config.default_max_tokens)
             for i in range(batch_size)
         ]

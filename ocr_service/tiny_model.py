@@ -27,27 +27,36 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from ocr_service.deepseek import (
+    BOS,
+    DET_CLOSE,
+    DET_OPEN,
+    EOS,
+    GROUNDING_TAG,
+    IMAGE_TAG,
+    PAD,
+    RANDOM_WEIGHTS_MARKER,
+    REF_CLOSE,
+    REF_OPEN,
+    TABLE_CELL_TOKENS,
+)
+
 Arch = Literal["deepseek-ocr", "deepseek-ocr2"]
 
-# The marker file for folders without a checkpoint (read by the engines).
-RANDOM_WEIGHTS_MARKER = "random_weights.json"
-
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
-# Tokens the DeepSeek processors and prompts need (DESIGN.md section 5), plus the
-# table cells the n-gram guard whitelists. BOS, EOS and PAD take ids 0, 1, 2, as in
-# the real tokenizer's config (bos_token_id 0, eos_token_id 1).
+# Tokens the DeepSeek processors and prompts need, plus the table cells the n-gram
+# guard whitelists. BOS, EOS and PAD take ids 0, 1, 2, as in the real tokenizer's
+# config (bos_token_id 0, eos_token_id 1).
 SPECIAL_TOKENS = (
     BOS,
     EOS,
     PAD,
-    "<image>",
-    "<|grounding|>",
-    "<|ref|>",
-    "<|/ref|>",
-    "<|det|>",
-    "<|/det|>",
-    "<td>",
-    "</td>",
+    IMAGE_TAG,
+    GROUNDING_TAG,
+    REF_OPEN,
+    REF_CLOSE,
+    DET_OPEN,
+    DET_CLOSE,
+    *TABLE_CELL_TOKENS,
     "<|User|>",
     "<|Assistant|>",
 )
@@ -293,9 +302,9 @@ def write_model(arch: Arch, out: Path, full_size: bool = False, weights: bool | 
 
 def _write_ocr2_processor(out: Path) -> None:
     """Processor files, so `AutoProcessor.from_pretrained(out)` works offline."""
-    from ocr_service.engines._torch_util import import_torchvision
+    from ocr_service.engines.torch_support import import_torchvision
 
-    import_torchvision()  # the image processor needs it; see _torch_util
+    import_torchvision()  # the image processor needs it; see torch_support
     from transformers import (
         DeepseekOcr2ImageProcessor,
         DeepseekOcr2Processor,
@@ -330,7 +339,14 @@ def main(argv: list[str] | None = None) -> None:
         help="deepseek-ocr2 only: write a safetensors checkpoint (default: yes when tiny, no at full size)",
     )
     args = parser.parse_args(argv)
-    out = write_model(args.arch, args.out, full_size=args.full_size, weights=args.weights)
+    try:
+        out = write_model(args.arch, args.out, full_size=args.full_size, weights=args.weights)
+    except ModuleNotFoundError as exc:
+        parser.exit(
+            2,
+            f"{parser.prog}: needs {exc.name}, which the service's own install leaves out; install "
+            "requirements_models.txt (or run it in the models virtualenv that .ci/models.sh builds)\n",
+        )
     print(f"wrote {args.arch}{' (full size)' if args.full_size else ''} to {out}")
 
 

@@ -20,6 +20,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from PIL import Image, ImageDraw, ImageFont
 
+from ocr_service.api.state import Services, state_of
 from ocr_service.app import create_app
 from ocr_service.config import Settings
 from ocr_service.engines.base import Engine
@@ -71,8 +72,15 @@ async def running_app(app_settings: Settings, engine: Engine | None = None) -> A
     async with LifespanManager(app, startup_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ocr.test", timeout=30) as client:
-            client.app = app  # tests may peek at app.state.service
+            client.app = app  # type: ignore[attr-defined]  # for running_services
             yield client
+
+
+def running_services(client: httpx.AsyncClient) -> Services:
+    """The services of the app behind a `running_app` client (for tests that look inside)."""
+    services = state_of(client.app).services  # type: ignore[attr-defined]
+    assert services is not None, "the app has not started"
+    return services
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, filename: str = "page.png", **form: object) -> httpx.Response:
@@ -104,7 +112,7 @@ def stalling_server(seconds: float) -> Iterator[str]:
     """A server on 127.0.0.1 that waits `seconds` before answering each request (404)."""
 
     class Handler(_QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             time.sleep(seconds)
             with contextlib.suppress(OSError):  # the client may have gone (a cancelled download)
                 self.send_error(404)
@@ -118,7 +126,7 @@ def file_server(files: dict[str, bytes]) -> Iterator[str]:
     """Serve `files` on 127.0.0.1 (as application/octet-stream); yields the base URL."""
 
     class Handler(_QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             body = files.get(self.path)
             if body is None:
                 self.send_error(404)

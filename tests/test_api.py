@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from ocr_service.engines.base import PageOutput, PageRequest
+from ocr_service.engines.base import DecodedPage, PageOutput, PageRequest
 from ocr_service.engines.fake import FakeEngine
 from tests.helpers import (
     encode,
@@ -28,7 +28,7 @@ class RecordingEngine(FakeEngine):
 
     def __init__(self, **kwargs: float) -> None:
         super().__init__(**kwargs)
-        self.requests: list[PageRequest] = []
+        self.requests: list[DecodedPage] = []
 
     def predict(self, pages):  # type: ignore[no-untyped-def]
         self.requests.extend(pages)
@@ -262,7 +262,7 @@ class PageByPageEngine:
     """
 
     name = "page-by-page"
-    concurrent_batches = 100
+    max_batches_in_flight = None
 
     def load(self) -> None:
         pass

@@ -192,7 +192,7 @@ async def make_fetcher(
         await fetcher.aclose()
 
 
-def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None):  # noqa: ANN201
+def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None):
     """A stand-in for `fetch.resolve_host` that answers from `table` (and records lookups)."""
 
     async def resolve(host: str, port: int) -> list[str]:

@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from ocr_service.core import batcher as batcher_module
-from ocr_service.engines.base import EngineOutOfMemory, PageOutcome, PageRequest
+from ocr_service.engines.base import DecodedPage, EngineOutOfMemory, PageOutcome
 from ocr_service.engines.fake import FakeEngine
 from tests.helpers import (
     encode,
     running_app,
+    running_services,
     settings,
     solid_image,
     upload,
@@ -72,7 +73,7 @@ class PixelMemoryEngine(FakeEngine):
 
     MB_PER_MEGAPIXEL = 100.0
 
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         needed = sum(page.image.width * page.image.height / 1e6 * self.MB_PER_MEGAPIXEL for page in pages)
         self.batches_seen.append(len(pages))
         if needed > self.memory_budget_mb:
@@ -101,17 +102,17 @@ async def test_the_cap_climbs_back_after_clean_batches(monkeypatch: pytest.Monke
     monkeypatch.setattr(batcher_module, "RECOVERY_BATCHES", 2)
     engine = FakeEngine(batch_latency=0.01, memory_budget_mb=100, item_memory_mb=10)  # holds 10
     async with running_app(burst_settings(), engine) as client:
-        service = client.app.state.service
+        batcher = running_services(client).batcher
         await send_burst(client, range(16))
-        assert 8 <= service.batcher.cap < 16  # 16 did not fit; its halves of 8 did (and count as clean)
+        assert 8 <= batcher.cap.value < 16  # 16 did not fit; its halves of 8 did (and count as clean)
 
         seeds = iter(range(100, 400))
         sent, caps = 16, []
         for _ in range(12):  # rounds of one full batch at the current cap
-            tasks = await send_burst(client, [next(seeds) for _ in range(service.batcher.cap)])
+            tasks = await send_burst(client, [next(seeds) for _ in range(batcher.cap.value)])
             assert all(task["status"] == "completed" for task in tasks.values())
             sent += len(tasks)
-            caps.append(service.batcher.cap)
+            caps.append(batcher.cap.value)
         assert 10 in caps  # climbed back to what memory holds
         assert 11 in engine.batches_seen  # tried one page more, which did not fit ...
         assert min(caps[caps.index(11) + 1 :]) == 10  # ... and fell back to the 10 that fitted, not to half of 11

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from ocr_service.engines.base import PageOutcome, PageRequest
+from ocr_service.engines.base import DecodedPage, PageOutcome
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.logs import JsonFormatter
 from tests.helpers import (
     encode,
     running_app,
+    running_services,
     settings,
     solid_image,
     stalling_server,
@@ -29,7 +30,7 @@ class EngineCrash(BaseException):
 
 
 class CrashingEngine(FakeEngine):
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         raise EngineCrash("the device fell off the bus")
 
 
@@ -43,7 +44,7 @@ async def wait_until(predicate, timeout: float = 10) -> None:  # type: ignore[no
 def metric(text: str, name: str) -> float:
     """The value of one sample line of the Prometheus text format."""
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+        if line.startswith(name + " ") or (line.startswith(name + "{") and line.split(" ")[0] == name):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in metrics:\n{text}")
 
@@ -87,7 +88,7 @@ async def test_two_apps_keep_their_own_metrics() -> None:
 async def test_ready_while_serving_and_503_after_shutdown() -> None:
     async with running_app(settings()) as client:
         assert (await client.get("/ready")).json() == {"status": "ready"}
-        supervisor = client.app.state.supervisor  # type: ignore[attr-defined]
+        supervisor = running_services(client).supervisor
         await supervisor.shutdown(1)
         response = await client.get("/ready")
         assert response.status_code == 503 and response.json()["status"] == "stopped"
@@ -116,7 +117,7 @@ async def test_a_batcher_loop_that_raises_fails_waiting_tasks(monkeypatch: pytes
     async with running_app(settings(batch_size=1, max_queue_size=10), engine) as client:
         first = (await upload(client, encode(solid_image(0)))).json()["task_id"]
         waiting = [(await upload(client, encode(solid_image(seed)))).json()["task_id"] for seed in range(1, 4)]
-        batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+        batcher = running_services(client).batcher
 
         def broken(*_: object) -> None:
             raise RuntimeError("a bug in the batch loop")

@@ -11,7 +11,7 @@ from ocr_service.output.grounding import (
     parse_boxes,
     parse_grounded,
 )
-from ocr_service.output.pages import PAGE_SEPARATOR, PageResult, join_pages, render_page
+from ocr_service.output.pages import PAGE_SEPARATOR, PageResult, build_page, join_pages
 
 # Shaped like real DeepSeek-OCR output for the grounding prompt (a newline after each
 # <|/det|>, trailing spaces, headings already written by the model, tables as HTML).
@@ -34,7 +34,7 @@ def assert_clean(markdown: str) -> None:
 
 
 def test_grounded_page_becomes_clean_markdown_and_pixel_blocks() -> None:
-    page = render_page(GROUNDED, "stop", width=999 * 2, height=999 * 3, page_number=2)
+    page = build_page(GROUNDED, "stop", width=999 * 2, height=999 * 3, page_number=2)
 
     assert page.markdown == (
         "# Annual Report\n\n"
@@ -55,7 +55,7 @@ def test_grounded_page_becomes_clean_markdown_and_pixel_blocks() -> None:
 
 
 def test_box_numbers_on_an_ordinary_page_size() -> None:
-    page = render_page("<|ref|>text<|/ref|><|det|>[[100, 200, 500, 800]]<|/det|>\nHi", "stop", 1240, 1754, 1)
+    page = build_page("<|ref|>text<|/ref|><|det|>[[100, 200, 500, 800]]<|/det|>\nHi", "stop", 1240, 1754, 1)
     x1, y1, x2, y2 = page.blocks[0].bbox
     assert x1 == pytest.approx(100 * 1240 / 999, abs=0.01)
     assert y1 == pytest.approx(200 * 1754 / 999, abs=0.01)
@@ -64,7 +64,7 @@ def test_box_numbers_on_an_ordinary_page_size() -> None:
 
 
 def test_as_dict_has_the_wire_shape() -> None:
-    page = render_page(GROUNDED, "stop", 999, 999, page_number=1)
+    page = build_page(GROUNDED, "stop", 999, 999, page_number=1)
     data = page.as_dict()
     assert list(data) == ["page", "markdown", "blocks", "finish_reason", "truncated"]
     assert data["page"] == 1
@@ -79,7 +79,7 @@ def test_title_without_hash_becomes_a_heading_and_existing_heading_is_not_double
         "<|ref|>sub_title<|/ref|><|det|>[[0, 40, 10, 50]]<|/det|>\n### 1. Section\n"
         "<|ref|>sub_title<|/ref|><|det|>[[0, 60, 10, 70]]<|/det|>\nBare section"
     )
-    page = render_page(text, "stop", 100, 100, 1)
+    page = build_page(text, "stop", 100, 100, 1)
     assert page.markdown.split("\n\n") == ["# Plain Title", "# Already", "### 1. Section", "## Bare section"]
 
 
@@ -89,7 +89,7 @@ def test_several_images_are_numbered_per_page_and_multi_box_refs_give_one_block_
         "<|ref|>text<|/ref|><|det|>[[0, 0, 999, 100], [0, 900, 999, 999]]<|/det|>\nSplit paragraph\n"
         "<|ref|>image<|/ref|><|det|>[[10, 10, 20, 20]]<|/det|>"
     )
-    page = render_page(text, "stop", 999, 999, page_number=7)
+    page = build_page(text, "stop", 999, 999, page_number=7)
     assert page.markdown == (
         "![](images/page-7-1.png)\n\n![](images/page-7-2.png)\n\nSplit paragraph\n\n![](images/page-7-3.png)"
     )
@@ -123,7 +123,7 @@ def test_malformed_box_list_keeps_the_text_and_drops_the_box(box_list: str) -> N
         f"<|ref|>text<|/ref|><|det|>{box_list}<|/det|>\nKept text\n"
         "<|ref|>text<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>\nNext"
     )
-    page = render_page(text, "stop", 999, 999, 1)
+    page = build_page(text, "stop", 999, 999, 1)
     assert page.markdown == "Kept text\n\nNext"
     assert [b.text for b in page.blocks] == ["Next"]
     assert_clean(page.markdown)
@@ -142,32 +142,32 @@ def test_boxes_are_clamped_to_the_page_and_ordered() -> None:
 
 def test_image_with_a_malformed_box_gets_no_image_reference() -> None:
     text = "<|ref|>image<|/ref|><|det|>[[1, 2]]<|/det|>\n<|ref|>text<|/ref|><|det|>[[0,0,1,1]]<|/det|>\nA"
-    page = render_page(text, "stop", 10, 10, 1)
+    page = build_page(text, "stop", 10, 10, 1)
     assert page.markdown == "A"
     assert [b.label for b in page.blocks] == ["text"]
 
 
 def test_plain_text_passes_through_without_blocks() -> None:
     text = "# Heading\n\nA paragraph with <b>html</b> and a | pipe | table |\n\n$x < y$"
-    page = render_page(text, "stop", 100, 100, 3)
+    page = build_page(text, "stop", 100, 100, 3)
     assert page.markdown == text
     assert page.blocks == []
 
 
 def test_free_ocr_output_loses_its_end_of_sentence_token() -> None:
-    page = render_page("Hello world<｜end▁of▁sentence｜>", "stop", 100, 100, 1)
+    page = build_page("Hello world<｜end▁of▁sentence｜>", "stop", 100, 100, 1)
     assert page.markdown == "Hello world"
 
 
 def test_text_before_the_first_block_is_kept() -> None:
-    page = render_page("<|grounding|>Preface\n<|ref|>text<|/ref|><|det|>[[0,0,9,9]]<|/det|>\nBody", "stop", 999, 999, 1)
+    page = build_page("<|grounding|>Preface\n<|ref|>text<|/ref|><|det|>[[0,0,9,9]]<|/det|>\nBody", "stop", 999, 999, 1)
     assert page.markdown == "Preface\n\nBody"
 
 
 def test_truncated_page_is_flagged_and_a_cut_off_tag_is_removed() -> None:
     looping = "<|ref|>text<|/ref|><|det|>[[0, 0, 999, 99]]<|/det|>\n" + "la " * 50
     for tail in ("<|ref|>text<|/ref|><|det|>[[12, 34", "<|ref|>tex", "<|/d", "<|ref|>text<|/ref|>"):
-        page = render_page(looping + tail, "length", 999, 999, 1)
+        page = build_page(looping + tail, "length", 999, 999, 1)
         assert page.truncated is True
         assert page.finish_reason == "length"
         assert page.markdown == ("la " * 50).strip()
@@ -195,7 +195,7 @@ def test_ocr_this_image_output_puts_the_text_inside_the_refs() -> None:
         "<|ref|>Total: 12.50 EUR<|/ref|><|det|>[[100, 900, 400, 930]]<|/det|>\n"
         "<|ref|>text<|/ref|><|det|>[[100, 950, 200, 970]]<|/det|>"  # a word that is also a label
     )
-    page = render_page(text, "stop", 999, 999, 1)
+    page = build_page(text, "stop", 999, 999, 1)
     assert page.markdown == "INVOICE No. 42\nTotal: 12.50 EUR\ntext"
     assert [(b.label, b.text) for b in page.blocks] == [
         ("text", "INVOICE No. 42"),
@@ -206,13 +206,13 @@ def test_ocr_this_image_output_puts_the_text_inside_the_refs() -> None:
 
 
 def test_locate_output_gives_one_block_per_occurrence() -> None:
-    page = render_page("<|ref|>Total<|/ref|><|det|>[[10, 10, 50, 20], [10, 500, 50, 510]]<|/det|>", "stop", 999, 999, 1)
+    page = build_page("<|ref|>Total<|/ref|><|det|>[[10, 10, 50, 20], [10, 500, 50, 510]]<|/det|>", "stop", 999, 999, 1)
     assert page.markdown == "Total"
     assert [b.bbox for b in page.blocks] == [(10.0, 10.0, 50.0, 20.0), (10.0, 500.0, 50.0, 510.0)]
 
 
 def test_page_of_only_images_is_still_layout_output() -> None:
-    page = render_page("<|ref|>image<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>", "stop", 999, 999, 4)
+    page = build_page("<|ref|>image<|/ref|><|det|>[[0, 0, 999, 999]]<|/det|>", "stop", 999, 999, 4)
     assert page.markdown == "![](images/page-4-1.png)"
     assert page.blocks[0].label == "image"
 
@@ -225,14 +225,14 @@ def test_line_blocks_give_markdown_in_reading_order() -> None:
         Block("text", (10, 10, 250, 38), "Hello"),
         Block("text", (10, 45, 400, 73), "next line"),
     ]
-    page = render_page("ignored raw text", "stop", 600, 200, 1, blocks=blocks)
+    page = build_page("ignored raw text", "stop", 600, 200, 1, blocks=blocks)
     assert page.markdown == "Hello world\nnext line\n\nSecond"
     assert [b.text for b in page.blocks] == ["Hello", "world", "next line", "Second"]
     assert page.blocks[0].bbox == (10, 10, 250, 38)  # kept as given, in pixels
 
 
 def test_engine_that_found_no_lines_gives_empty_markdown() -> None:
-    page = render_page("", "stop", 100, 100, 1, blocks=[])
+    page = build_page("", "stop", 100, 100, 1, blocks=[])
     assert page.markdown == "" and page.blocks == []
 
 

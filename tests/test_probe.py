@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocr_service.engines.base import EngineError, PageRequest
+from ocr_service.engines.base import DecodedPage, EngineError
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.probe import (
     Trial,
@@ -86,7 +86,7 @@ class BrokenEngine(FakeEngine):
         self.raise_above = raise_above
         self.page_error_at = page_error_at
 
-    def predict(self, pages: list[PageRequest]):  # type: ignore[no-untyped-def]
+    def predict(self, pages: list[DecodedPage]):  # type: ignore[no-untyped-def]
         if len(pages) > self.raise_above:
             raise RuntimeError("driver exploded")
         outcomes = super().predict(pages)

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from ocr_service.api.models import errors
 from ocr_service.api.security import Owner
-from ocr_service.core.metrics import CONTENT_TYPE, Metrics
-from ocr_service.core.supervisor import Supervisor
+from ocr_service.api.state import state_of
+from ocr_service.core.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
 
@@ -27,9 +27,10 @@ async def health() -> JSONResponse:
 @router.get("/ready", responses={503: {"description": "Not ready: starting, shutting down, or the batcher died"}})
 async def ready(request: Request) -> JSONResponse:
     """Readiness: 200 while the engine is loaded and the batcher runs, 503 otherwise."""
-    supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
-    if supervisor is None:
+    services = state_of(request.app).services
+    if services is None:
         return JSONResponse({"status": "starting", "detail": "the engine is loading"}, status_code=503)
+    supervisor = services.supervisor
     if supervisor.ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": supervisor.state.value, "detail": supervisor.reason}, status_code=503)
@@ -38,5 +39,4 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}, **errors(401)})
 async def metrics(request: Request, _owner: Owner) -> Response:
     """Prometheus metrics in the text exposition format."""
-    registry: Metrics = request.app.state.metrics
-    return Response(registry.render(), media_type=CONTENT_TYPE)
+    return Response(state_of(request.app).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,4 +1,8 @@
-"""The seed's HTTP API: submit uploads and URLs, poll and cancel tasks and batches, read stats."""
+"""The task API: submit uploads and URLs, poll and cancel tasks and batches, read stats.
+
+Routes translate HTTP to calls on the intake and the ledger and back; domain errors
+rise to the handlers in `api/errors.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from typing import Annotated
 
 from fastapi import (
     APIRouter,
-    Depends,
     File,
     Form,
     HTTPException,
@@ -30,9 +33,8 @@ from ocr_service.api.models import (
     errors,
 )
 from ocr_service.api.security import Owner
-from ocr_service.core.service import CancelRefused, OcrService
-from ocr_service.documents import DocumentError
-from ocr_service.documents.fetch import FetchError
+from ocr_service.api.state import ApiConfig, Config, Running
+from ocr_service.core.status import ServiceStatus
 
 router = APIRouter(responses=errors(401, 422, 429))
 SUBMIT_ERRORS = errors(400, 413, 503)
@@ -45,59 +47,52 @@ MULTIPART_OVERHEAD = 64 * 1024
 MAX_LONG_POLL_SECONDS = 60
 
 
-def get_service(request: Request) -> OcrService:
-    return request.app.state.service
-
-
-Service = Annotated[OcrService, Depends(get_service)]
-
 
 @router.post("/ocr", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
 async def submit_upload(
     request: Request,
-    service: Service,
+    service: Running,
+    config: Config,
     owner: Owner,
     file: Annotated[UploadFile, File(description="An image (PNG, JPEG, WebP, TIFF, BMP, GIF) or a PDF")],
     prompt: Annotated[str | None, Form(max_length=4000)] = None,
     temperature: Annotated[float | None, Form(ge=0, le=2)] = None,
     max_tokens: Annotated[int | None, Form(ge=1, le=131072)] = None,
 ) -> TaskAccepted:
-    limit = service.config.max_upload_bytes
+    limit = config.max_upload_bytes
     if file.size is not None and file.size > limit:
         raise HTTPException(413, f"file is larger than the {limit // (1024 * 1024)} MB upload limit")
     data = await file.read()
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
-    try:
-        task = await service.submit_upload(data, service.params(prompt, temperature, max_tokens), owner)
-    except DocumentError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    task = await service.intake.submit_upload(data, config.defaults.params(prompt, temperature, max_tokens), owner)
     note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
-async def submit_url(body: UrlRequest, request: Request, service: Service, owner: Owner) -> TaskAccepted:
-    try:
-        task = service.submit_url(body.url, service.params(body.prompt, body.temperature, body.max_tokens), owner)
-    except FetchError as exc:
-        raise HTTPException(422, str(exc)) from exc
+async def submit_url(body: UrlRequest, request: Request, service: Running, config: Config, owner: Owner) -> TaskAccepted:
+    params = config.defaults.params(body.prompt, body.temperature, body.max_tokens)
+    task = await service.intake.submit_url(body.url, params, owner)
     note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted, responses=SUBMIT_ERRORS)
-async def submit_url_batch(body: UrlBatchRequest, request: Request, service: Service, owner: Owner) -> BatchAccepted:
-    limit = service.config.max_batch_urls
-    if len(body.urls) > limit:
-        raise HTTPException(422, f"a batch may hold at most {limit} URLs (OCR_MAX_BATCH_URLS); got {len(body.urls)}")
-    batch = service.submit_url_batch(body.urls, service.params(body.prompt, body.temperature, body.max_tokens), owner)
+async def submit_url_batch(
+    body: UrlBatchRequest, request: Request, service: Running, config: Config, owner: Owner
+) -> BatchAccepted:
+    check_batch_length(len(body.urls), config)
+    params = config.defaults.params(body.prompt, body.temperature, body.max_tokens)
+    batch = await service.intake.submit_url_batch(body.urls, params, owner)
     note_task(request, batch.id)
     return BatchAccepted(batch_task_id=batch.id, status=batch.status.value)
 
 
 @router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}, **SUBMIT_ERRORS})
-async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, owner: Owner) -> SyncBatchResponse | JSONResponse:
+async def ocr_batch(
+    body: SyncBatchRequest, request: Request, service: Running, config: Config, owner: Owner
+) -> SyncBatchResponse | JSONResponse:
     """Seed 000's synchronous API, served through the same queue and batcher.
 
     Past OCR_SYNC_TIMEOUT it answers 504 with the task ids: the work goes on and the
@@ -106,16 +101,14 @@ async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, 
     urls = [*(body.input.images or []), *(body.input.pdfs or [])]
     if not urls:
         raise HTTPException(422, "input.images or input.pdfs must list at least one URL")
-    limit = service.config.max_batch_urls
-    if len(urls) > limit:
-        raise HTTPException(422, f"a batch may hold at most {limit} URLs (OCR_MAX_BATCH_URLS); got {len(urls)}")
-    batch = service.submit_url_batch(urls, service.params(body.prompt, None, None), owner)
+    check_batch_length(len(urls), config)
+    batch = await service.intake.submit_url_batch(urls, config.defaults.params(body.prompt, None, None), owner)
     note_task(request, batch.id)
     task_ids = [task.id for task in batch.tasks]
-    if not await service.wait_for(batch.tasks, service.config.sync_timeout):
+    if not await service.ledger.wait_for(batch.tasks, config.sync_timeout):
         return JSONResponse(
             {
-                "detail": f"not finished within {service.config.sync_timeout:g} s (OCR_SYNC_TIMEOUT); "
+                "detail": f"not finished within {config.sync_timeout:g} s (OCR_SYNC_TIMEOUT); "
                 "the work goes on: poll GET /ocr/batch/{batch_task_id} or each task",
                 "batch_task_id": batch.id,
                 "task_ids": task_ids,
@@ -131,35 +124,37 @@ async def ocr_batch(body: SyncBatchRequest, request: Request, service: Service, 
 
 
 @router.get("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True, responses=errors(404))
-async def get_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
-    batch = service.get_batch(batch_task_id, owner)
+async def get_batch(batch_task_id: str, service: Running, owner: Owner) -> BatchView:
+    batch = await service.ledger.get_batch(batch_task_id, owner)
     if batch is None:
         raise HTTPException(404, BATCH_NOT_FOUND.format(batch_task_id))
     return BatchView.of(batch)
 
 
 @router.delete("/ocr/batch/{batch_task_id}", response_model=BatchView, response_model_exclude_none=True, responses=errors(404))
-async def cancel_batch(batch_task_id: str, service: Service, owner: Owner) -> BatchView:
+async def cancel_batch(batch_task_id: str, service: Running, owner: Owner) -> BatchView:
     """Cancel the batch's waiting items; running and finished ones are left as they are."""
-    batch = service.cancel_batch(batch_task_id, owner)
+    batch = await service.ledger.get_batch(batch_task_id, owner)
     if batch is None:
         raise HTTPException(404, BATCH_NOT_FOUND.format(batch_task_id))
+    service.ledger.cancel_waiting(batch)
     return BatchView.of(batch)
 
 
 @router.get("/ocr/{task_id}", response_model=TaskView, response_model_exclude_none=True, responses=errors(404))
 async def get_task(
     task_id: str,
-    service: Service,
+    service: Running,
     owner: Owner,
     wait: Annotated[float, Query(ge=0, le=MAX_LONG_POLL_SECONDS, description="Seconds to wait for the task to end")] = 0,
 ) -> TaskView:
-    task = service.get_task(task_id, owner)
+    ledger = service.ledger
+    task = await ledger.get_task(task_id, owner)
     if task is None:
         raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
     if wait:
-        await service.wait_for([task], wait)
-    return TaskView.of(task, service.queue_position(task), service.estimated_wait(task))
+        await ledger.wait_for([task], wait)
+    return TaskView.of(task, ledger.queue_position(task), ledger.estimated_wait(task))
 
 
 @router.delete(
@@ -168,17 +163,23 @@ async def get_task(
     response_model_exclude_none=True,
     responses=errors(404, 409),
 )
-async def cancel_task(task_id: str, service: Service, owner: Owner) -> TaskView:
+async def cancel_task(task_id: str, service: Running, owner: Owner) -> TaskView:
     """Cancel a waiting task and free its place in the queue; a running one answers 409."""
-    try:
-        task = service.cancel_task(task_id, owner)
-    except CancelRefused as exc:
-        raise HTTPException(409, str(exc)) from exc
+    task = await service.ledger.get_task(task_id, owner)
     if task is None:
         raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
+    service.ledger.cancel(task)
     return TaskView.of(task)
 
 
-@router.get("/stats")
-async def get_stats(service: Service, _owner: Owner) -> dict[str, object]:
-    return service.stats()
+@router.get("/stats", response_model=ServiceStatus)
+async def get_stats(service: Running, _owner: Owner) -> ServiceStatus:
+    """Task counts, the queue, batches, throughput and the engine's state."""
+    return service.status()
+
+
+def check_batch_length(count: int, config: ApiConfig) -> None:
+    if count > config.max_batch_urls:
+        raise HTTPException(
+            422, f"a batch may hold at most {config.max_batch_urls} URLs (OCR_MAX_BATCH_URLS); got {count}"
+        )

@@ -17,6 +17,8 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 
+from ocr_service.api.state import state_of
+
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of OCR_API_KEYS")
 _bearer = HTTPBearer(auto_error=False, description="One of OCR_API_KEYS, as a bearer token")
 
@@ -69,7 +71,7 @@ def require_key(
     The two Security parameters only document the schemes in OpenAPI; the key is read
     by `presented_key` so both headers behave the same everywhere (rate limits too).
     """
-    keys: ApiKeys = request.app.state.api_keys
+    keys = state_of(request.app).api_keys
     if not keys.enabled:
         return None
     owner = keys.owner_of(presented_key(request.headers))

@@ -1,81 +1,91 @@
-"""The in-memory task store, with a time-to-live that counts from when work finished.
+"""Where task and batch records are kept, and for how long.
 
-Waiting and running tasks never expire. A finished task is kept `ttl` seconds after
-it ended, so a task that ran longer than the TTL can still be read when it finishes.
+A finished task is kept `ttl` seconds after it ended, so a task that ran longer than
+the TTL can still be read when it finishes. Waiting and running tasks never expire.
 Items of a URL batch live as long as their batch, which expires a TTL after its last
 item ended.
+
+`TaskStore` is the interface the ledger keeps records through. Reads and additions are
+async so that a store may live outside the process; `save` is called on every change
+and must not wait (a store outside the process writes it behind, in order).
+`MemoryTaskStore` keeps records in this process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections import Counter
+from collections import deque
+from typing import Protocol
 
-from ocr_service.core.tasks import BatchJob, Task, TaskStatus
-
-logger = logging.getLogger(__name__)
+from ocr_service.core.tasks import BatchJob, Task
 
 
-class TaskStore:
+class TaskStore(Protocol):
+    async def add(self, task: Task) -> None: ...
+
+    async def add_batch(self, batch: BatchJob) -> None:
+        """Keep a batch and every one of its tasks."""
+        ...
+
+    def save(self, task: Task) -> None:
+        """The task changed."""
+        ...
+
+    async def get(self, task_id: str) -> Task | None: ...
+
+    async def get_batch(self, batch_id: str) -> BatchJob | None: ...
+
+    async def expire(self, now: float) -> list[Task]:
+        """Drop finished work ended more than the TTL before `now`; return the tasks dropped."""
+        ...
+
+
+class MemoryTaskStore:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._tasks: dict[str, Task] = {}
         self._batches: dict[str, BatchJob] = {}
-        self.expired_total = 0
-        self.expired_by_status: Counter[TaskStatus] = Counter()  # keeps outcome counts monotonic for /metrics
+        # Finished work in the order it finished: expiry looks only at its oldest end.
+        self._finished: deque[tuple[float, Task | BatchJob]] = deque()
 
-    def add(self, task: Task) -> None:
+    async def add(self, task: Task) -> None:
         self._tasks[task.id] = task
+        self.save(task)
 
-    def add_batch(self, batch: BatchJob) -> None:
+    async def add_batch(self, batch: BatchJob) -> None:
         self._batches[batch.id] = batch
         for task in batch.tasks:
-            self.add(task)
+            self._tasks[task.id] = task
+            self.save(task)
 
-    def get(self, task_id: str) -> Task | None:
+    def save(self, task: Task) -> None:
+        if task.finished_at is None:
+            return
+        if task.batch_id is None:
+            self._finished.append((task.finished_at, task))
+            return
+        batch = self._batches.get(task.batch_id)
+        if batch is not None and batch.finished_at is not None:
+            self._finished.append((batch.finished_at, batch))
+
+    async def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
-    def get_batch(self, batch_id: str) -> BatchJob | None:
+    async def get_batch(self, batch_id: str) -> BatchJob | None:
         return self._batches.get(batch_id)
 
-    def status_counts(self) -> Counter[TaskStatus]:
-        return Counter(task.status for task in self._tasks.values())
-
-    def unfinished(self) -> list[Task]:
-        return [task for task in self._tasks.values() if not task.status.terminal]
+    async def expire(self, now: float) -> list[Task]:
+        cutoff = now - self.ttl
+        expired: list[Task] = []
+        while self._finished and self._finished[0][0] <= cutoff:
+            _, record = self._finished.popleft()
+            if isinstance(record, BatchJob):
+                if self._batches.pop(record.id, None) is not None:
+                    expired.extend(record.tasks)
+            elif self._tasks.get(record.id) is record:
+                expired.append(record)
+        for task in expired:
+            self._tasks.pop(task.id, None)
+        return expired
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-    def expire(self, now: float | None = None) -> int:
-        """Drop finished work older than the TTL; return how many tasks went."""
-        cutoff = (time.time() if now is None else now) - self.ttl
-        removed = 0
-        for batch_id, batch in list(self._batches.items()):
-            finished = batch.finished_at
-            if finished is not None and finished <= cutoff:
-                del self._batches[batch_id]
-                for task in batch.tasks:
-                    self._tasks.pop(task.id, None)
-                self.expired_total += len(batch.tasks)
-                self.expired_by_status.update(task.status for task in batch.tasks)
-                removed += len(batch.tasks)
-        expired = [
-            task_id
-            for task_id, task in self._tasks.items()
-            if task.batch_id is None and task.finished_at is not None and task.finished_at <= cutoff
-        ]
-        for task_id in expired:
-            self.expired_by_status[self._tasks.pop(task_id).status] += 1
-        self.expired_total += len(expired)
-        return removed + len(expired)
-
-    async def run_cleanup(self, interval: float) -> None:
-        """Expire old work every `interval` seconds, for the life of the app."""
-        while True:
-            await asyncio.sleep(interval)
-            removed = self.expire()
-            if removed:
-                logger.info("expired %d finished tasks", removed)

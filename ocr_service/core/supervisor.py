@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from enum import StrEnum
 
-from ocr_service.core.service import OcrService
+from ocr_service.core.batcher import Batcher
+from ocr_service.core.ledger import WorkLedger
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,10 @@ class State(StrEnum):
 
 
 class Supervisor:
-    def __init__(self, service: OcrService) -> None:
-        self.service = service
+    def __init__(self, ledger: WorkLedger, batcher: Batcher) -> None:
+        self.ledger = ledger
+        self.batcher = batcher
+        self.started_at = time.time()
         self.state = State.READY
         self.reason = ""
         self._batcher_task: asyncio.Task[None] | None = None
@@ -39,7 +43,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the batcher and watch it."""
-        self._batcher_task = asyncio.create_task(self.service.batcher.run(), name="batcher")
+        self._batcher_task = asyncio.create_task(self.batcher.run(), name="batcher")
         self._batcher_task.add_done_callback(self._batcher_ended)
 
     @property
@@ -55,8 +59,8 @@ class Supervisor:
         logger.error("the batcher stopped (%s); failing unfinished work", cause, exc_info=exc)
         self.state = State.FAILED
         self.reason = f"the batcher stopped ({cause}); the service must be restarted"
-        self.service.stop_admitting(retry_after=30)
-        failed = self.service.fail_unfinished(f"the service could not finish this task: {self.reason}")
+        self.ledger.stop_admitting(retry_after=30, reason="batcher_failed")
+        failed = self.ledger.fail_unfinished(f"the service could not finish this task: {self.reason}")
         logger.error("failed %d unfinished tasks", failed)
 
     async def shutdown(self, grace: float) -> None:
@@ -69,18 +73,17 @@ class Supervisor:
         if self.state is State.READY:
             self.state = State.DRAINING
             self.reason = "shutting down"
-        service = self.service
-        service.stop_admitting(retry_after=max(1, math.ceil(grace)))
-        waiting = service.fail_unfinished(
+        self.ledger.stop_admitting(retry_after=math.ceil(grace), reason="shutting_down")
+        waiting = self.ledger.fail_unfinished(
             "the service is shutting down before this task started; submit it again", waiting_only=True
         )
-        running = service.batcher.drain()
+        running = self.batcher.drain()
         logger.info("shutting down: %d waiting tasks failed; up to %g s for running batches", waiting, grace)
         try:
             await asyncio.wait_for(asyncio.shield(running), grace)
         except TimeoutError:
             logger.warning("running batches did not finish within %g s (OCR_SHUTDOWN_GRACE)", grace)
-        cut = service.fail_unfinished(
+        cut = self.ledger.fail_unfinished(
             f"the service shut down before this task finished (OCR_SHUTDOWN_GRACE={grace:g} s); submit it again"
         )
         if cut:

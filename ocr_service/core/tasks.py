@@ -1,9 +1,13 @@
 """Task and batch records: what a client submitted, where it stands, what came out.
 
-A task is one document (an image, a multi-frame TIFF or a PDF); each of its pages
-is a unit of work for the batcher. While the task waits it holds only the encoded
-document; pages are decoded when their batch runs, and the document is dropped
-as soon as the task ends.
+A task is one document (an image, a multi-frame TIFF or a PDF); each of its pages is a
+unit of work for the batcher. While the task waits it holds only the encoded document;
+pages are decoded when their batch runs, and the document is dropped as soon as the
+task ends.
+
+These are records. Their state changes only through `WorkLedger` (core/ledger.py),
+which calls the `set_...` methods here and keeps the side effects of each change
+(queue, counts, downloads) in one place.
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ class Task:
     pages: list[PageResult | None] = field(default_factory=list)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
-    started_at: float | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set when terminal
 
     def __post_init__(self) -> None:
@@ -78,42 +81,24 @@ class Task:
             return None
         return join_pages([page.markdown for page in self.pages if page is not None])
 
-    def attach(self, document: Document) -> None:
-        """The document is known: its pages can be queued."""
+    # -- changes, made by the ledger only ----------------------------------------
+
+    def set_document(self, document: Document) -> None:
         self.document = document
         self.pages = [None] * document.page_count
         self._touch()
 
-    def mark_processing(self) -> None:
-        if self.status is TaskStatus.PENDING:
-            self.status = TaskStatus.PROCESSING
-            self.started_at = time.time()
-            self._touch()
-
-    def page_done(self, index: int, page: PageResult) -> None:
-        if self.status.terminal:
-            return
-        self.pages[index] = page
-        if page.truncated:
-            self.warnings.append(
-                f"page {index + 1} stopped at max_tokens ({self.params.max_tokens}): its text is incomplete, "
-                "usually because the model repeated itself; raise max_tokens or check the page"
-            )
+    def set_processing(self) -> None:
+        self.status = TaskStatus.PROCESSING
         self._touch()
-        if self.pages_done == self.pages_total:
-            self._finish(TaskStatus.COMPLETED)
 
-    def fail(self, error: str) -> None:
-        if not self.status.terminal:
-            self.error = error
-            self._finish(TaskStatus.FAILED)
+    def set_page(self, index: int, page: PageResult) -> None:
+        self.pages[index] = page
+        self._touch()
 
-    def cancel(self) -> None:
-        if not self.status.terminal:
-            self._finish(TaskStatus.CANCELLED)
-
-    def _finish(self, status: TaskStatus) -> None:
+    def set_ended(self, status: TaskStatus, error: str | None = None) -> None:
         self.status = status
+        self.error = error
         self.finished_at = time.time()
         self.document = None  # the encoded bytes are no longer needed
         self._touch()

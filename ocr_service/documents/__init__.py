@@ -5,8 +5,9 @@ from ocr_service.documents.document import (
     Document,
     DocumentError,
     DocumentLimits,
+    PageRef,
     open_document,
     sniff_media_type,
 )
 
-__all__ = ["SUPPORTED", "Document", "DocumentError", "DocumentLimits", "open_document", "sniff_media_type"]
+__all__ = ["SUPPORTED", "Document", "DocumentError", "DocumentLimits", "PageRef", "open_document", "sniff_media_type"]

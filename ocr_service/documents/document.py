@@ -1,8 +1,8 @@
 """What a document is to the service, and how its format is told from its bytes.
 
-A `Document` holds only the encoded bytes of an upload and renders one page at a
-time, so waiting work stays small and a long PDF never sits decoded in memory. The
-format comes from the bytes alone: file names and content types lie.
+A `Document` holds only the encoded bytes of an upload and decodes one page at a
+time (`load_page`), so waiting work stays small and a long PDF never sits decoded in
+memory. The format comes from the bytes alone: file names and content types lie.
 """
 
 from __future__ import annotations
@@ -39,12 +39,25 @@ class Document(Protocol):
     def nbytes(self) -> int:
         """Size of the encoded bytes held (what waiting work costs in memory)."""
 
-    def render(self, index: int) -> Image.Image:
-        """Decode page `index` (0-based) to RGB, EXIF orientation applied.
+    def load_page(self, index: int) -> Image.Image:
+        """Decode page `index` (0-based) to RGB: an image frame with EXIF orientation
+        applied, or a PDF page rasterised.
 
         Blocking; decodes only that page. Raises `DocumentError` if the page is corrupt
         and `IndexError` for an index outside 0..page_count-1.
         """
+        ...
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """One page of a document, decoded only when an engine asks (`load`)."""
+
+    document: Document
+    index: int  # 0-based
+
+    def load(self) -> Image.Image:
+        return self.document.load_page(self.index)
 
 
 # (magic bytes, offset, media type) for the formats we decode.

@@ -2,7 +2,7 @@
 
 pypdfium2 (Apache-2.0/BSD-3; not the AGPL PyMuPDF) wraps pdfium, which is not
 thread-safe, even across separate documents (pypdfium2's README, "Thread
-incompatibility"; DESIGN.md section 6). Every pdfium call in the process therefore runs
+incompatibility"). Every pdfium call in the process therefore runs
 under one module-level lock. It is a plain `threading.Lock` on purpose: callers are
 worker threads, and the lock guards a process-wide C library, not service state, so
 it cannot live in an object made in the lifespan. A page takes 14-80 ms at 144 dpi,
@@ -11,7 +11,7 @@ takes about 0.06 ms (pdfium parses lazily; 0.3 ms for 300 pages), rendering one 
 at 144 dpi (1190x1684) 11-13 ms for a text page and 44-63 ms for a scanned page;
 reopening per page adds little (page 300 of 300: 16 ms).
 
-Nothing stays open between calls: `render` reopens the document from its bytes, draws
+Nothing stays open between calls: `load_page` reopens the document from its bytes, draws
 one page and closes everything, so a waiting PDF costs its encoded bytes and no more,
 and pages are never all in memory at once (upstream crashed a host on 2,800 pages).
 
@@ -67,14 +67,14 @@ class PdfDocument:
             raise DocumentError(f"The PDF has {page_count} pages; the limit is {limits.max_pdf_pages} pages.")
         return cls(data, page_count, limits.pdf_dpi, limits.max_pixels)
 
-    def render(self, index: int) -> Image.Image:
+    def load_page(self, index: int) -> Image.Image:
         """Rasterise page `index` at the configured dpi (scaled down to fit the pixel limit)."""
         if not 0 <= index < self.page_count:
             raise IndexError(f"page {index} of {self.page_count}")
         with _PDFIUM_LOCK:
             pdf = _load(self._data)
             try:
-                return _render_page(pdf, index, self._dpi, self._max_pixels)
+                return _rasterize(pdf, index, self._dpi, self._max_pixels)
             finally:
                 pdf.close()
 
@@ -110,7 +110,7 @@ def _load(data: bytes) -> pdfium.PdfDocument:
         raise DocumentError("The PDF cannot be opened: it has no pages or is damaged.") from exc
 
 
-def _render_page(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Image.Image:
+def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Image.Image:
     """Draw one page to an RGB image (lock held)."""
     where = f"Page {index + 1} of the PDF"
     try:

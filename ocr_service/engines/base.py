@@ -1,9 +1,14 @@
-"""The Engine protocol: what the batcher hands an engine and what it gets back.
+"""The engine contract: what the batcher hands an engine and what it gets back.
 
-Engines know nothing of HTTP, tasks or queues. They get decoded RGB pages, each with
-its own prompt and sampling parameters, and return one outcome per page: a
-`PageOutput` or the exception that page alone raised. A whole batch that does not fit
-in memory raises `EngineOutOfMemory` instead, so the batcher can split it and retry.
+Engines know nothing of HTTP, tasks, queues or Settings. They get page requests (a
+page to decode, its own prompt and sampling parameters) and return one outcome per
+page: a `PageOutput`, or the exception that page alone raised (a page that cannot be
+decoded included). A whole batch that does not fit in memory raises
+`EngineOutOfMemory` instead, so the batcher can split it and retry.
+
+Pages arrive undecoded (`PageSource`): the engine decodes them where it runs, so a
+page crosses to an engine process as its encoded bytes, and decoding happens off the
+service's event loop and next to the model.
 """
 
 from __future__ import annotations
@@ -11,19 +16,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
 
 from ocr_service.output.blocks import Block
-
-IMAGE_TAG = "<image>"
-
-
-def with_image_tag(prompt: str) -> str:
-    """DeepSeek prompts hold one `<image>` placeholder; put it first where it is missing."""
-    return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
 
 
 class EngineOutOfMemory(Exception):
@@ -34,8 +32,42 @@ class EngineError(Exception):
     """The engine failed on one page; the message says why."""
 
 
+class PageSource(Protocol):
+    """A page that is not decoded yet."""
+
+    def load(self) -> Image.Image:
+        """Decode the page to RGB. Blocking; raises on a page that cannot be read."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """A page that is already an image (the probe, benchmarks, tests)."""
+
+    image: Image.Image
+
+    def load(self) -> Image.Image:
+        return self.image.convert("RGB")
+
+
 @dataclass(frozen=True)
 class PageRequest:
+    """One page and what is asked of it; every page keeps its own parameters."""
+
+    source: PageSource
+    prompt: str
+    temperature: float
+    max_tokens: int
+
+    @classmethod
+    def of_image(cls, image: Image.Image, prompt: str, temperature: float = 0.0, max_tokens: int = 8192) -> PageRequest:
+        return cls(ImagePage(image), prompt, temperature, max_tokens)
+
+
+@dataclass(frozen=True)
+class DecodedPage:
+    """A page request whose page has been decoded: what a model consumes."""
+
     image: Image.Image  # RGB
     prompt: str
     temperature: float
@@ -50,60 +82,117 @@ class PageOutput:
     # pixels; DeepSeek models put them in `text` as grounding tags instead.
     blocks: tuple[Block, ...] | None = None
     output_tokens: int | None = None
+    # The size of the image the engine read: boxes are in its pixels.
+    width: int = 0
+    height: int = 0
+    # Set by an engine that cannot honour the prompt as asked (and did what it could).
+    warning: str | None = None
 
 
 PageOutcome = PageOutput | Exception
+
+
+def decode(request: PageRequest) -> DecodedPage | Exception:
+    """Decode one page (blocking); a page that cannot be read is its own outcome."""
+    try:
+        image = request.source.load()
+    except Exception as exc:  # noqa: BLE001 - the page's own outcome
+        return exc
+    return DecodedPage(image, request.prompt, request.temperature, request.max_tokens)
+
+
+def with_size(outcome: PageOutcome, image: Image.Image) -> PageOutcome:
+    """The outcome with the page's pixel size filled in where the engine left it out."""
+    if isinstance(outcome, PageOutput) and not outcome.width:
+        return replace(outcome, width=image.width, height=image.height)
+    return outcome
 
 
 @runtime_checkable
 class Engine(Protocol):
     """An OCR engine. `load` and `close` block; `run` never blocks the event loop."""
 
-    name: str
-    # How many batches may be in flight at once: 1 for engines that run one batch
-    # at a time on the device; more for engines that batch continuously (vLLM).
-    concurrent_batches: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_batches_in_flight(self) -> int | None:
+        """How many batches may be in the engine at once: 1 for engines that run one batch
+        at a time on the device; None where only the batcher's page cap limits it
+        (engines that take pages continuously, like vLLM)."""
+        ...
 
     def load(self) -> None:
         """Load weights and warm up. Called once, in a worker thread, before serving."""
+        ...
 
     def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
         """Yield `(index into pages, outcome)` for every page, as each finishes.
 
-        Raises `EngineOutOfMemory` (before yielding anything) when the batch does not fit.
+        Raises `EngineOutOfMemory` (before yielding the pages it concerns) when the
+        batch does not fit.
         """
+        ...
 
     def close(self) -> None:
         """Free the device. Called once at shutdown."""
+        ...
+
+
+@runtime_checkable
+class MemoryProbe(Protocol):
+    """Device-memory readings for the batch-size probe (engines on a GPU, the fake engine)."""
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak device memory since the last reset, or None where it is not tracked."""
+        ...
+
+    def free_memory(self) -> None:
+        """Return cached device memory after a failed batch."""
+        ...
 
 
 class BatchEngine:
     """Base for engines whose model runs one synchronous batch at a time.
 
-    Subclasses implement `predict`. `run` calls it on the engine's own worker thread,
-    always the same one: the event loop keeps serving while the model works, and
-    per-thread state of the libraries underneath (CUDA handles, CPU thread pools) is
-    made once instead of once for every thread of a shared pool.
+    Subclasses implement `predict`. `run` decodes the pages and calls `predict` on the
+    engine's own worker thread, always the same one: the event loop keeps serving while
+    the model works, and per-thread state of the libraries underneath (CUDA handles, CPU
+    thread pools) is made once instead of once for every thread of a shared pool.
     """
 
     name: ClassVar[str] = "batch"
-    concurrent_batches: ClassVar[int] = 1
+    max_batches_in_flight: ClassVar[int | None] = 1
     _worker: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         raise NotImplementedError
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-engine")
-        outcomes = await asyncio.get_running_loop().run_in_executor(self._worker, self.predict, pages)
-        if len(outcomes) != len(pages):
-            raise EngineError(f"{self.name} returned {len(outcomes)} outcomes for {len(pages)} pages")
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._worker, self._decode_and_predict, pages)
         for index, outcome in enumerate(outcomes):
             yield index, outcome
+
+    def _decode_and_predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+        decoded = [decode(page) for page in pages]
+        ready = [(i, page) for i, page in enumerate(decoded) if isinstance(page, DecodedPage)]
+        outcomes: list[PageOutcome] = [page if isinstance(page, Exception) else EngineError("no outcome") for page in decoded]
+        if ready:
+            predicted = self.predict([page for _, page in ready])
+            if len(predicted) != len(ready):
+                raise EngineError(f"{self.name} returned {len(predicted)} outcomes for {len(ready)} pages")
+            for (i, page), outcome in zip(ready, predicted, strict=True):
+                outcomes[i] = with_size(outcome, page.image)
+        return outcomes

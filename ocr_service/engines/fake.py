@@ -13,22 +13,21 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ocr_service.config import Settings
+from ocr_service.deepseek import GROUNDING_TAG
 from ocr_service.engines.base import (
     BatchEngine,
+    DecodedPage,
     EngineError,
     EngineOutOfMemory,
     PageOutcome,
     PageOutput,
-    PageRequest,
 )
 
 FAIL_MARKER = "[fake:fail]"
-GROUNDING_MARKER = "<|grounding|>"
 MB = 1024 * 1024
 
 
-def fake_text(request: PageRequest) -> str:
+def fake_text(request: DecodedPage) -> str:
     """What the fake engine reads on a page: a fingerprint of its RGB pixels."""
     image = request.image
     digest = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
@@ -63,16 +62,7 @@ class FakeEngine(BatchEngine):
         self._peak_bytes = 0
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FakeEngine:
-        return cls(
-            batch_latency=settings.fake_batch_latency,
-            item_latency=settings.fake_item_latency,
-            memory_budget_mb=settings.fake_memory_budget_mb,
-            item_memory_mb=settings.fake_item_memory_mb,
-        )
-
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         needed_mb = self.item_memory_mb * len(pages)
         with self._lock:
             self.batches_seen.append(len(pages))
@@ -84,18 +74,18 @@ class FakeEngine(BatchEngine):
         time.sleep(self.batch_latency + self.item_latency * len(pages))
         return [self._read(page) for page in pages]
 
-    def _read(self, page: PageRequest) -> PageOutcome:
+    def _read(self, page: DecodedPage) -> PageOutcome:
         if FAIL_MARKER in page.prompt:
             return EngineError(f"fake engine failed on this page as its prompt asked ({FAIL_MARKER})")
         text = fake_text(page)
-        if GROUNDING_MARKER in page.prompt:
+        if GROUNDING_TAG in page.prompt:
             text = grounded(text, page.image.width, page.image.height)
         tokens = text.split(" ")
         if len(tokens) > page.max_tokens:  # one "token" per space-separated word
             return PageOutput(" ".join(tokens[: page.max_tokens]), "length", output_tokens=page.max_tokens)
         return PageOutput(text, "stop", output_tokens=len(tokens))
 
-    # Memory accounting used by the batch-size probe.
+    # MemoryProbe: the batch-size probe reads the simulated peak.
     def reset_peak_memory(self) -> None:
         self._peak_bytes = 0
 

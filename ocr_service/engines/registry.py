@@ -1,31 +1,69 @@
-"""Engine registry: the one place that maps `OCR_ENGINE` to an engine class.
+"""The engine registry: the one place where `Settings` become an engine and its options.
 
-Heavy engines are imported only when chosen, so the CPU install needs no torch.
+Engines take plain options and know nothing of `Settings`; this module reads the
+settings each one needs. Engine modules import their heavy libraries (torch, vLLM,
+onnxruntime's models) in `load`, so importing them here costs nothing.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 
-from ocr_service.config import Settings
+from ocr_service.config import EngineName, Settings
 from ocr_service.engines.base import Engine
+from ocr_service.engines.fake import FakeEngine
+from ocr_service.engines.rapidocr import RapidOcrEngine
+from ocr_service.engines.transformers import TransformersEngine, TransformersOptions
+from ocr_service.engines.vllm import VllmEngine, VllmOptions
 
-ENGINES: dict[str, str] = {
-    "fake": "ocr_service.engines.fake:FakeEngine",
-    "rapidocr": "ocr_service.engines.rapidocr:RapidOcrEngine",
-    "vllm": "ocr_service.engines.vllm:VllmEngine",
-    "transformers": "ocr_service.engines.transformers:TransformersEngine",
+
+def _fake(settings: Settings) -> Engine:
+    return FakeEngine(
+        batch_latency=settings.fake_batch_latency,
+        item_latency=settings.fake_item_latency,
+        memory_budget_mb=settings.fake_memory_budget_mb,
+        item_memory_mb=settings.fake_item_memory_mb,
+    )
+
+
+def _rapidocr(settings: Settings) -> Engine:
+    return RapidOcrEngine(threads=settings.rapidocr_threads)
+
+
+def _vllm(settings: Settings) -> Engine:
+    return VllmEngine(
+        VllmOptions(
+            model_path=settings.model_path,
+            gpu_memory_util=settings.gpu_memory_util,
+            max_model_len=settings.max_model_len,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            max_num_seqs=settings.batch_size,  # our page cap is vLLM's concurrency
+            ngram_size=settings.ngram_size,
+            window_size=settings.window_size,
+            resolution_mode=settings.resolution_mode,
+        )
+    )
+
+
+def _transformers(settings: Settings) -> Engine:
+    return TransformersEngine(
+        TransformersOptions(
+            model_path=settings.model_path,
+            resolution_mode=settings.resolution_mode,
+            ngram_size=settings.ngram_size,
+            window_size=settings.window_size,
+        )
+    )
+
+
+ENGINES: dict[EngineName, Callable[[Settings], Engine]] = {
+    "fake": _fake,
+    "rapidocr": _rapidocr,
+    "vllm": _vllm,
+    "transformers": _transformers,
 }
 
 
 def build_engine(settings: Settings) -> Engine:
     """Create (not load) the engine that `settings.engine` names."""
-    module_name, class_name = ENGINES[settings.engine].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"OCR_ENGINE={settings.engine} needs packages that are not installed ({exc}); "
-            "see the README's section on GPU engines"
-        ) from exc
-    return getattr(module, class_name).from_settings(settings)
+    return ENGINES[settings.engine](settings)

@@ -13,31 +13,23 @@ torch and transformers are imported in `load`, after the torchvision fix.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ocr_service.config import Settings
-from ocr_service.engines._torch_util import (
-    TABLE_CELL_TOKENS,
-    banned_ngram_tokens,
-    install_torchvision_import_fix,
-    is_out_of_memory,
-)
+from ocr_service.deepseek import TABLE_CELL_TOKENS, banned_ngram_tokens, uses_random_weights, with_image_tag
 from ocr_service.engines.base import (
     BatchEngine,
+    DecodedPage,
     EngineError,
     EngineOutOfMemory,
     PageOutcome,
     PageOutput,
-    PageRequest,
-    with_image_tag,
 )
-from ocr_service.tiny_model import RANDOM_WEIGHTS_MARKER
+from ocr_service.engines.torch_support import install_torchvision_import_fix, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +69,6 @@ class TransformersOptions:
     # Generate every page to its max_tokens whatever the model says (benchmarks).
     ignore_eos: bool = False
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TransformersOptions:
-        return cls(
-            model_path=settings.model_path,
-            resolution_mode=settings.resolution_mode,
-            ngram_size=settings.ngram_size,
-            window_size=settings.window_size,
-        )
-
 
 def check_resolution_mode(mode: str) -> ViewSize:
     """The view size of `mode`, or a message that says why it cannot be served."""
@@ -119,23 +102,18 @@ class TransformersEngine(BatchEngine):
     """DeepSeek-OCR-2 on transformers: bf16 on a GPU, fp32 on a CPU."""
 
     name = "transformers"
-    concurrent_batches = 1
+    max_batches_in_flight = 1
 
     def __init__(self, options: TransformersOptions) -> None:
         self.options = options
         self._torch: Any = None
         self._model: Any = None
         self._processor: Any = None
-        self._processors: dict[str, Any] = {}
         self._device: Any = None
         self._dtype: Any = None
         self._eos_id = 1
         self._pad_id: int | None = None
         self._whitelist: frozenset[int] = frozenset()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TransformersEngine:
-        return cls(TransformersOptions.from_settings(settings))
 
     # -- start and stop ---------------------------------------------------------
 
@@ -161,7 +139,7 @@ class TransformersEngine(BatchEngine):
         self._device = torch.device("cuda" if on_gpu else "cpu")
         self._dtype = torch.bfloat16 if on_gpu else torch.float32  # CPUs lack fast bf16
         path = self.options.model_path
-        if (Path(path) / RANDOM_WEIGHTS_MARKER).is_file():
+        if uses_random_weights(path):
             # A folder from `ocr_service.tiny_model` without a checkpoint: random
             # weights, initialised on the device directly (seconds, even full size).
             config = AutoConfig.from_pretrained(path)
@@ -172,6 +150,11 @@ class TransformersEngine(BatchEngine):
         self._model = model.to(self._device).eval()
         processor = AutoProcessor.from_pretrained(path)
         processor.tokenizer.padding_side = "left"  # generation continues on the right
+        # The processor counts a page's image tokens from its image processor's default
+        # `size` and `tile_size`, not from those passed per call: set the mode's here.
+        view = RESOLUTION_MODES[self.options.resolution_mode]
+        processor.image_processor.size = {"height": view.global_size, "width": view.global_size}
+        processor.image_processor.tile_size = view.tile_size
         self._processor = processor
         tokenizer = processor.tokenizer
         self._eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 1
@@ -188,8 +171,8 @@ class TransformersEngine(BatchEngine):
 
     def close(self) -> None:
         self._model = None
-        self._processors.clear()
         self.free_memory()
+        super().close()
 
     # -- memory, for the batch-size probe ---------------------------------------
 
@@ -213,31 +196,13 @@ class TransformersEngine(BatchEngine):
 
     # -- inference --------------------------------------------------------------
 
-    def predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
+        """Prepare each page, generate the good ones together."""
         if self._model is None:
             raise EngineError("the transformers engine is not loaded")
+        mode = self.options.resolution_mode
         outcomes: list[PageOutcome | None] = [None] * len(pages)
-        by_mode: dict[str, list[int]] = {}
-        for index, page in enumerate(pages):
-            # A page may carry its own mode (when PageRequest grows the field).
-            mode = getattr(page, "resolution_mode", None) or self.options.resolution_mode
-            by_mode.setdefault(mode, []).append(index)
-        for mode, indexes in by_mode.items():
-            try:
-                check_resolution_mode(mode)
-            except ValueError as exc:
-                for index in indexes:
-                    outcomes[index] = exc
-                continue
-            group = [pages[i] for i in indexes]
-            for index, outcome in zip(indexes, self._predict_group(group, mode), strict=True):
-                outcomes[index] = outcome
-        return [o if o is not None else EngineError("no outcome") for o in outcomes]
-
-    def _predict_group(self, pages: Sequence[PageRequest], mode: str) -> list[PageOutcome]:
-        """One mode's pages: prepare each, generate the good ones together."""
-        outcomes: list[PageOutcome | None] = [None] * len(pages)
-        inputs = self._prepare(pages, mode, outcomes)
+        inputs = self._prepare(pages, outcomes)
         ready = [i for i, o in enumerate(outcomes) if o is None]
         if not ready:
             return [o for o in outcomes if o is not None]
@@ -259,10 +224,10 @@ class TransformersEngine(BatchEngine):
             outcomes[i] = outcome
         return [o if o is not None else EngineError("no outcome") for o in outcomes]
 
-    def _prepare(self, pages: Sequence[PageRequest], mode: str, outcomes: list[PageOutcome | None]) -> Any:
+    def _prepare(self, pages: Sequence[DecodedPage], outcomes: list[PageOutcome | None]) -> Any:
         """Processor inputs for the pages that can be prepared; failures go to `outcomes`."""
-        processor = self._processor_for(mode)
-        view = RESOLUTION_MODES[mode]
+        processor = self._processor
+        view = RESOLUTION_MODES[self.options.resolution_mode]
         kwargs = dict(
             crop_to_patches=view.crop_to_patches,
             size={"height": view.global_size, "width": view.global_size},
@@ -271,10 +236,8 @@ class TransformersEngine(BatchEngine):
             padding=True,
         )
         texts = [with_image_tag(p.prompt) for p in pages]
-        try:
+        with contextlib.suppress(Exception):  # else find the page(s) at fault, then prepare the rest together
             return processor(images=[p.image for p in pages], text=texts, **kwargs)
-        except Exception:  # find the page(s) at fault, then prepare the rest together
-            pass
         for i, page in enumerate(pages):
             try:
                 processor(images=[page.image], text=[texts[i]], **kwargs)
@@ -285,24 +248,7 @@ class TransformersEngine(BatchEngine):
             return None
         return processor(images=[pages[i].image for i in ok], text=[texts[i] for i in ok], **kwargs)
 
-    def _processor_for(self, mode: str) -> Any:
-        """The processor for `mode`.
-
-        transformers' DeepSeek-OCR-2 processor counts a page's image tokens from its
-        image processor's default `size` and `tile_size`, not from those passed per
-        call, so each mode needs its own copy with those defaults.
-        """
-        if mode not in self._processors:
-            processor = copy.copy(self._processor)
-            image_processor = copy.deepcopy(self._processor.image_processor)
-            view = RESOLUTION_MODES[mode]
-            image_processor.size = {"height": view.global_size, "width": view.global_size}
-            image_processor.tile_size = view.tile_size
-            processor.image_processor = image_processor
-            self._processors[mode] = processor
-        return self._processors[mode]
-
-    def _generate(self, inputs: Any, pages: Sequence[PageRequest]) -> list[PageOutcome]:
+    def _generate(self, inputs: Any, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         torch = self._torch
         from transformers import LogitsProcessorList
 

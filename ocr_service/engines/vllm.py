@@ -3,13 +3,13 @@
 Each page goes in as its own vLLM request and comes out as soon as it finishes, so
 one page looping to max_tokens never holds its batch-mates: vLLM batches
 continuously on its own, and the batcher keeps up to `OCR_BATCH_SIZE` pages in
-flight across as many of our batches as it likes (`concurrent_batches`).
+flight across as many of our batches as it likes (`max_batches_in_flight`).
 
-The recipe is vLLM's for DeepSeek-OCR (DESIGN.md section 5): prefix caching and
-the multimodal processor cache off, the `NGramPerReqLogitsProcessor` registered,
-and per page `SamplingParams` with the page's temperature and max_tokens, the
-n-gram window from settings, `<td>`/`</td>` whitelisted and special tokens kept
-(the grounding tags are special tokens).
+The recipe is vLLM's for DeepSeek-OCR: prefix caching and the multimodal processor
+cache off (every page is a new image behind the same few prompt tokens), the
+`NGramPerReqLogitsProcessor` registered, and per page `SamplingParams` with the
+page's temperature and max_tokens, the n-gram window, `<td>`/`</td>` whitelisted and
+special tokens kept (the grounding tags are special tokens).
 
 vLLM is imported in `load`, not at module import, so that the torchvision fix runs
 first and this module stays importable (and its helpers testable) without vLLM.
@@ -21,25 +21,20 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ocr_service.config import Settings
-from ocr_service.engines._torch_util import (
-    TABLE_CELL_TOKENS,
-    install_torchvision_import_fix,
-    is_out_of_memory,
-)
+from ocr_service.deepseek import EOS, TABLE_CELL_TOKENS, uses_random_weights, with_image_tag
 from ocr_service.engines.base import (
+    DecodedPage,
     EngineError,
     EngineOutOfMemory,
     PageOutcome,
     PageOutput,
     PageRequest,
-    with_image_tag,
+    decode,
 )
-from ocr_service.tiny_model import EOS, RANDOM_WEIGHTS_MARKER
+from ocr_service.engines.torch_support import install_torchvision_import_fix, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +48,7 @@ SUPPORTED_RESOLUTION_MODES = ("gundam",)
 
 @dataclass(frozen=True)
 class VllmOptions:
-    """What the engine needs from Settings, in vLLM's terms."""
+    """What the engine is configured with, in vLLM's terms."""
 
     model_path: str
     gpu_memory_util: float
@@ -63,19 +58,6 @@ class VllmOptions:
     ngram_size: int
     window_size: int
     resolution_mode: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> VllmOptions:
-        return cls(
-            model_path=settings.model_path,
-            gpu_memory_util=settings.gpu_memory_util,
-            max_model_len=settings.max_model_len,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            max_num_seqs=settings.batch_size,
-            ngram_size=settings.ngram_size,
-            window_size=settings.window_size,
-            resolution_mode=settings.resolution_mode,
-        )
 
 
 def check_resolution_mode(mode: str) -> None:
@@ -87,12 +69,6 @@ def check_resolution_mode(mode: str) -> None:
             "640 px tiles), so any other mode fails on the first page. Use "
             "OCR_RESOLUTION_MODE=gundam, or OCR_ENGINE=transformers, which takes the mode per request."
         )
-
-
-def uses_random_weights(model_path: str) -> bool:
-    """Whether `model_path` is a folder from `ocr_service.tiny_model` without a checkpoint."""
-    return (Path(model_path) / RANDOM_WEIGHTS_MARKER).is_file()
-
 
 
 def engine_arguments(options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
@@ -125,8 +101,8 @@ def engine_arguments(options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
     return arguments
 
 
-def sampling_arguments(page: PageRequest, options: VllmOptions, whitelist: frozenset[int]) -> dict[str, Any]:
-    """Keyword arguments for one page's `SamplingParams` (DESIGN.md section 5)."""
+def sampling_arguments(page: DecodedPage, options: VllmOptions, whitelist: frozenset[int]) -> dict[str, Any]:
+    """Keyword arguments for one page's `SamplingParams`."""
     return dict(
         temperature=page.temperature,
         max_tokens=page.max_tokens,
@@ -165,17 +141,13 @@ class VllmEngine:
 
     name = "vllm"
     # vLLM schedules pages itself; the batcher's page cap is the only limit needed.
-    concurrent_batches = 1_000
+    max_batches_in_flight = None
 
     def __init__(self, options: VllmOptions) -> None:
         self.options = options
         self._engine: Any = None
         self._sampling_params: Any = None  # vllm.SamplingParams, imported in load
         self._whitelist: frozenset[int] = frozenset()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> VllmEngine:
-        return cls(VllmOptions.from_settings(settings))
 
     def load(self) -> None:
         check_resolution_mode(self.options.resolution_mode)
@@ -228,7 +200,10 @@ class VllmEngine:
                 task.cancel()  # cancelling `generate` aborts the request in vLLM
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run_page(self, index: int, page: PageRequest) -> tuple[int, PageOutcome]:
+    async def _run_page(self, index: int, request: PageRequest) -> tuple[int, PageOutcome]:
+        page = await asyncio.to_thread(decode, request)
+        if isinstance(page, Exception):
+            return index, page
         params = self._sampling_params(**sampling_arguments(page, self.options, self._whitelist))
         # Only the final output is wanted, not every token on its way.
         params.output_kind = _final_only()
@@ -248,7 +223,8 @@ class VllmEngine:
         if final is None or not final.outputs:
             return index, EngineError("vLLM returned no output")
         completion = final.outputs[0]
-        return index, page_output(completion.text, completion.finish_reason, len(completion.token_ids))
+        output = page_output(completion.text, completion.finish_reason, len(completion.token_ids))
+        return index, replace(output, width=page.image.width, height=page.image.height)
 
     def close(self) -> None:
         if self._engine is not None:

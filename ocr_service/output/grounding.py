@@ -10,7 +10,7 @@ page. This is the format upstream parses with `re_match` in
 deepseek-ai/DeepSeek-OCR `DeepSeek-OCR-vllm/run_dpsk_ocr_pdf.py`; upstream reads the box
 list with `eval`, we use `ast.literal_eval` so model output can never run code.
 Labels seen in real output: title, sub_title, text, table, image, image_caption,
-table_caption, equation, header, footer, page_number (DESIGN.md section 5).
+table_caption, equation, header, footer, page_number.
 
 Other grounding prompts put the recognised text itself inside `<|ref|>` and write
 nothing after the box list: `<|grounding|>OCR this image.` (one ref per line of text)
@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 
-GRID = 999  # the model's coordinate grid is 0..999 in both directions
+from ocr_service.deepseek import GRID, SPECIAL_TOKENS
 
 Box = tuple[float, float, float, float]
 
@@ -36,23 +36,8 @@ _REF_DET = re.compile(r"<\|ref\|>(.*?)<\|/ref\|>\s*<\|det\|>(.*?)<\|/det\|>", re
 # is a label, not text.
 _ORPHAN_DET = re.compile(r"<\|det\|>.*?(?:<\|/det\|>|\Z)", re.DOTALL)
 _ORPHAN_REF = re.compile(r"<\|ref\|>.*?(?:<\|/ref\|>|\Z)", re.DOTALL)
-# Special tokens the model may leave in the text when special tokens are not skipped
-# (the vLLM recipe sets skip_special_tokens=False). DeepSeek's tokenizer writes the
-# sentence markers with full-width bars and U+2581; accept ASCII bars too.
-_SPECIAL_TOKENS = (
-    "<|ref|>",
-    "<|/ref|>",
-    "<|det|>",
-    "<|/det|>",
-    "<|grounding|>",
-    "<｜end▁of▁sentence｜>",
-    "<｜begin▁of▁sentence｜>",
-    "<|end▁of▁sentence|>",
-    "<|begin▁of▁sentence|>",
-    "<｜▁pad▁｜>",
-)
-_SPECIAL = re.compile("|".join(re.escape(token) for token in _SPECIAL_TOKENS))
-_MAX_BOX_LIST_CHARS = 20_000
+_SPECIAL = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS))
+_MAX_BOX_LIST_CHARS = 20_000  # bounds the literal parser's work on runaway output
 
 # Layout labels of DeepSeek-OCR and DeepSeek-OCR-2 output (plus close variants), used
 # only to tell layout output from text-in-ref output.
@@ -63,7 +48,7 @@ LAYOUT_LABELS = frozenset(
         "equation", "formula", "header", "footer", "page_header", "page_footer", "page_number",
         "footnote", "list", "list_item", "code", "algorithm", "abstract", "reference", "seal",
     }
-)  # fmt: skip  # bounds the literal parser's work on runaway output
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -163,6 +148,6 @@ def _drop_cut_token(text: str) -> str:
     if start == -1:
         return text
     tail = text[start:]
-    if len(tail) > 1 and any(token.startswith(tail) for token in _SPECIAL_TOKENS):
+    if len(tail) > 1 and any(token.startswith(tail) for token in SPECIAL_TOKENS):
         return text[:start]
     return text

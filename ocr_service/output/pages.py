@@ -36,7 +36,7 @@ from ocr_service.output.grounding import (
     parse_grounded,
 )
 
-# The separator upstream's run_dpsk_ocr_pdf.py writes between pages (seed 000 too).
+# The separator DeepSeek's own PDF script (run_dpsk_ocr_pdf.py) writes between pages.
 PAGE_SEPARATOR = "\n<--- Page Split --->\n"
 
 _HEADINGS = {"title": "# ", "sub_title": "## "}
@@ -50,8 +50,8 @@ class PageResult:
     markdown: str
     blocks: list[Block]
     finish_reason: str
-    # finish_reason == "length": the page hit max_tokens, usually a repetition loop
-    # (DESIGN.md section 5). Never to be shown as a clean success.
+    # finish_reason == "length": the page hit max_tokens, usually a repetition loop.
+    # Never to be shown as a clean success.
     truncated: bool
     page: int | None = None  # 1-based page number, when known
 
@@ -66,7 +66,7 @@ class PageResult:
         return out
 
 
-def render_page(
+def build_page(
     text: str,
     finish_reason: str,
     width: int,

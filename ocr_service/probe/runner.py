@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
 import threading
@@ -13,8 +14,9 @@ from typing import Any
 from PIL import Image
 
 from ocr_service.config import Settings
-from ocr_service.engines.base import Engine, EngineOutOfMemory, PageOutput, PageRequest
+from ocr_service.engines.base import Engine, EngineOutOfMemory, MemoryProbe, PageOutput, PageRequest
 from ocr_service.engines.registry import build_engine
+from ocr_service.engines.torch_support import is_out_of_memory
 from ocr_service.probe.curve import (
     ProbeError,
     ProbeResult,
@@ -28,15 +30,11 @@ from ocr_service.probe.report import format_trial
 
 GiB = 1024**3
 DEFAULT_MAX_BATCH = 256
-TORCH_ENGINES = ("transformers", "vllm")
 
 
 def looks_like_oom(exc: BaseException) -> bool:
     """Whether `exc` is an out-of-memory error, from our engines or straight from torch/CUDA."""
-    if isinstance(exc, EngineOutOfMemory | MemoryError):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "cuda_error_out_of_memory" in text
+    return isinstance(exc, EngineOutOfMemory) or is_out_of_memory(exc)
 
 
 class DeviceMemorySampler:
@@ -99,10 +97,8 @@ class DeviceMemorySampler:
             self._peak = max(self._peak, self.used_bytes())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # shutting down a measurement; nothing to do
             self._nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001, S110 (shutting down a measurement; nothing to do)
-            pass
 
 
 class Prober:
@@ -117,6 +113,7 @@ class Prober:
         repeats: int = 1,
     ) -> None:
         self.engine = engine
+        self.memory = engine if isinstance(engine, MemoryProbe) else None
         self.page = page
         self.runner = runner
         self.sampler = sampler
@@ -140,7 +137,7 @@ class Prober:
 
     def run_once(self, batch_size: int) -> Trial:
         """Run one batch; whatever it raises becomes a failed trial, never an exception here."""
-        self._call_optional("reset_peak_memory")
+        self._read_memory(lambda memory: memory.reset_peak_memory())
         if self.sampler is not None:
             self.sampler.start()
         started = time.perf_counter()
@@ -155,7 +152,7 @@ class Prober:
             seconds = time.perf_counter() - started
             error = exc
         device = self.sampler.stop() if self.sampler is not None else None
-        peak = self._call_optional("peak_memory_bytes")
+        peak = self._read_memory(lambda memory: memory.peak_memory_bytes())
         if error is None:
             return Trial(batch_size, seconds, peak, device)
         message = f"{type(error).__name__}: {error}".strip()
@@ -173,15 +170,15 @@ class Prober:
     def clean_up(self) -> None:
         """Release what a failed batch left behind so the next trial starts clean."""
         gc.collect()  # drop the failed batch's tensors before the engine empties its cache
-        self._call_optional("free_memory")
+        self._read_memory(lambda memory: memory.free_memory())
 
-    def _call_optional(self, name: str) -> Any:
-        method = getattr(self.engine, name, None)
-        if not callable(method):
+    def _read_memory(self, call: Callable[[MemoryProbe], int | None]) -> int | None:
+        """Call a memory hook of an engine that has them; a failing hook must not end the probe."""
+        if self.memory is None:
             return None
         try:
-            return method()
-        except Exception:  # noqa: BLE001 (an optional memory hook must not end the probe)
+            return call(self.memory)
+        except Exception:  # noqa: BLE001
             return None
 
 
@@ -268,7 +265,7 @@ def run_probe(
         # vLLM allocates in its own engine process, outside this process's torch cap:
         # its own knob is the share of the GPU it takes.
         settings = settings.model_copy(update={"gpu_memory_util": min(settings.gpu_memory_util, limit[0])})
-    page = PageRequest(
+    page = PageRequest.of_image(
         image.convert("RGB"),
         settings.default_prompt,
         settings.default_temperature,

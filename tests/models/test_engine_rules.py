@@ -9,15 +9,13 @@ import pytest
 from PIL import Image
 
 from ocr_service.config import Settings
+from ocr_service.deepseek import BOS, EOS, RANDOM_WEIGHTS_MARKER, banned_ngram_tokens, with_image_tag
 from ocr_service.engines import transformers as tf_engine
 from ocr_service.engines import vllm as vllm_engine
-from ocr_service.engines._torch_util import banned_ngram_tokens, is_out_of_memory
-from ocr_service.engines.base import PageRequest
+from ocr_service.engines.base import DecodedPage
 from ocr_service.engines.registry import build_engine
+from ocr_service.engines.torch_support import is_out_of_memory
 from ocr_service.tiny_model import (
-    BOS,
-    EOS,
-    RANDOM_WEIGHTS_MARKER,
     SPECIAL_TOKENS,
     deepseek_ocr2_config,
     deepseek_ocr_config,
@@ -29,10 +27,16 @@ def settings(**overrides: object) -> Settings:
     return Settings(_env_file=None, **overrides)
 
 
-def page(**overrides: object) -> PageRequest:
+def page(**overrides: object) -> DecodedPage:
     values: dict = dict(image=Image.new("RGB", (8, 8)), prompt="<image>\nFree OCR.", temperature=0.0, max_tokens=64)
     values.update(overrides)
-    return PageRequest(**values)
+    return DecodedPage(**values)
+
+
+def vllm_options(**overrides: object) -> vllm_engine.VllmOptions:
+    engine = build_engine(settings(engine="vllm", **overrides))
+    assert isinstance(engine, vllm_engine.VllmEngine)
+    return engine.options
 
 
 # -- the no-repeat n-gram guard ------------------------------------------------
@@ -136,18 +140,18 @@ def test_special_tokens_have_fixed_distinct_ids() -> None:
 def test_vllm_engine_is_built_from_settings_without_importing_vllm() -> None:
     engine = build_engine(settings(engine="vllm", batch_size=5, ngram_size=20, window_size=50))
     assert isinstance(engine, vllm_engine.VllmEngine)
-    assert engine.concurrent_batches >= 100
+    assert engine.max_batches_in_flight is None  # only the page cap limits it
     assert engine.options.max_num_seqs == 5 and engine.options.ngram_size == 20
 
 
 def test_vllm_refuses_other_modes_at_start_and_says_why() -> None:
-    engine = vllm_engine.VllmEngine.from_settings(settings(engine="vllm", resolution_mode="base"))
+    engine = build_engine(settings(engine="vllm", resolution_mode="base"))
     with pytest.raises(ValueError, match="OCR_RESOLUTION_MODE=base.*Gundam"):
         engine.load()
 
 
 def test_vllm_engine_arguments_follow_the_recipe(tmp_path: Path) -> None:
-    options = vllm_engine.VllmOptions.from_settings(settings(model_path=str(tmp_path), max_model_len=4096))
+    options = vllm_options(model_path=str(tmp_path), max_model_len=4096)
     arguments = vllm_engine.engine_arguments(options, on_cpu=False)
     assert arguments["enable_prefix_caching"] is False
     assert arguments["mm_processor_cache_gb"] == 0
@@ -159,7 +163,7 @@ def test_vllm_engine_arguments_follow_the_recipe(tmp_path: Path) -> None:
 
 
 def test_vllm_sampling_is_per_page() -> None:
-    options = vllm_engine.VllmOptions.from_settings(settings(ngram_size=30, window_size=90))
+    options = vllm_options(ngram_size=30, window_size=90)
     arguments = vllm_engine.sampling_arguments(page(temperature=0.3, max_tokens=77), options, frozenset({11, 12}))
     assert arguments["temperature"] == 0.3 and arguments["max_tokens"] == 77
     assert arguments["skip_special_tokens"] is False
@@ -173,8 +177,8 @@ def test_vllm_output_reports_finish_reason_and_drops_eos() -> None:
 
 
 def test_prompts_always_carry_one_image_tag() -> None:
-    assert vllm_engine.with_image_tag("Free OCR.") == "<image>\nFree OCR."
-    assert tf_engine.with_image_tag("<image>\nFree OCR.") == "<image>\nFree OCR."
+    assert with_image_tag("Free OCR.") == "<image>\nFree OCR."
+    assert with_image_tag("<image>\nFree OCR.") == "<image>\nFree OCR."
 
 
 # -- the transformers engine's rules -------------------------------------------

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from ocr_service.engines.base import EngineOutOfMemory, PageOutput, PageRequest
+from ocr_service.engines.base import DecodedPage, EngineOutOfMemory, PageOutput, PageRequest
 from tests.helpers import encode, poll_task, service_process, text_page
 from tests.models.support import needs_transformers_ocr2, tiny_model
 
@@ -43,10 +43,10 @@ def a4_page() -> Image.Image:
 
 async def test_each_page_keeps_its_own_max_tokens_and_one_bad_page_fails_alone(engine: object) -> None:
     pages = [
-        PageRequest(a4_page(), PROMPT, 0.0, 3),
-        PageRequest(a4_page().resize((500, 700)), "<image>\nFree OCR.", 0.0, 9),
-        PageRequest(a4_page(), "<image><image>\ntwo tags, one image", 0.0, 5),
-        PageRequest(a4_page(), "Free OCR.", 0.8, 6),  # no tag: the engine adds it; sampled
+        PageRequest.of_image(a4_page(), PROMPT, 0.0, 3),
+        PageRequest.of_image(a4_page().resize((500, 700)), "<image>\nFree OCR.", 0.0, 9),
+        PageRequest.of_image(a4_page(), "<image><image>\ntwo tags, one image", 0.0, 5),
+        PageRequest.of_image(a4_page(), "Free OCR.", 0.8, 6),  # no tag: the engine adds it; sampled
     ]
     outcomes = await run_all(engine, pages)
     assert sorted(outcomes) == [0, 1, 2, 3]
@@ -65,7 +65,7 @@ async def test_other_resolution_modes_run(model_dir: Path, mode: str) -> None:
 
     engine = TransformersEngine(TransformersOptions(str(model_dir), mode, ngram_size=30, window_size=90))
     engine.load()
-    outcomes = await run_all(engine, [PageRequest(a4_page(), PROMPT, 0.0, 4)])
+    outcomes = await run_all(engine, [PageRequest.of_image(a4_page(), PROMPT, 0.0, 4)])
     assert isinstance(outcomes[0], PageOutput) and outcomes[0].output_tokens == 4
 
 
@@ -74,7 +74,7 @@ def test_ignore_eos_generates_exactly_max_tokens(model_dir: Path) -> None:
 
     engine = TransformersEngine(TransformersOptions(str(model_dir), "gundam", 30, 90, ignore_eos=True))
     engine.load()
-    outcomes = engine.predict([PageRequest(a4_page(), PROMPT, 0.0, 12), PageRequest(a4_page(), PROMPT, 0.0, 7)])
+    outcomes = engine.predict([DecodedPage(a4_page(), PROMPT, 0.0, 12), DecodedPage(a4_page(), PROMPT, 0.0, 7)])
     assert [o.output_tokens for o in outcomes] == [12, 7]  # type: ignore[union-attr]
     assert engine.peak_memory_bytes() is None  # not tracked on a CPU
 

@@ -1,9 +1,9 @@
 """Support for the torch-based engines that must stay importable without torch.
 
-Three small things both DeepSeek engines lean on, kept here so each can be tested in
-the light CPU install: the no-repeat n-gram rule (pure Python), recognising an
-out-of-memory error whatever raised it, and importing torchvision beside a torch it
-was not built for. Nothing here imports torch at module level.
+Two things both DeepSeek engines (and the batch-size probe) lean on, kept here so each
+can be tested in the light CPU install: recognising an out-of-memory error whatever
+raised it, and importing torchvision beside a torch it was not built for. Nothing here
+imports torch at module level.
 """
 
 from __future__ import annotations
@@ -12,38 +12,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
-from collections.abc import Collection, Sequence
 from typing import Any
-
-# DeepSeek's table cells: whitelisted so a table may repeat `<td></td>` freely
-# (DESIGN.md section 5; the upstream recipe whitelists ids 128821 and 128822).
-TABLE_CELL_TOKENS = ("<td>", "</td>")
-
-
-def banned_ngram_tokens(
-    output_ids: Sequence[int],
-    ngram_size: int,
-    window_size: int,
-    whitelist: Collection[int] = (),
-) -> set[int]:
-    """Tokens that would repeat an n-gram already generated in the recent window.
-
-    The same rule as vLLM's `NoRepeatNGramLogitsProcessor` for DeepSeek-OCR
-    (vllm/model_executor/models/deepseek_ocr.py): look at the last `window_size`
-    generated tokens; for every n-gram there whose first n-1 tokens equal the last
-    n-1 tokens generated, its last token is banned, unless whitelisted. Only
-    generated tokens count, never the prompt.
-    """
-    length = len(output_ids)
-    if ngram_size < 1 or length < ngram_size:
-        return set()
-    prefix = tuple(output_ids[length - (ngram_size - 1) :]) if ngram_size > 1 else ()
-    start = max(0, length - window_size)
-    banned: set[int] = set()
-    for i in range(start, length - ngram_size + 1):
-        if tuple(output_ids[i : i + ngram_size - 1]) == prefix:
-            banned.add(output_ids[i + ngram_size - 1])
-    return banned.difference(whitelist)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -1,0 +1,257 @@
+"""The work ledger: the one owner of a task's life, from admission to its end.
+
+Only the ledger admits work, starts and completes pages, fails, cancels and counts. So
+whoever ends a task (a page outcome, a client's cancel, a failed download, shutdown),
+the same things happen, in `_end`: the record ends, its waiting pages leave the queue,
+its place in the queue is given back, whatever still works for it (a download) is
+stopped, and the counts move.
+
+Admission counts waiting work, never finished tasks: pages in the queue plus documents
+still downloading (each counts as one until its pages are known). A submission is
+refused with `QueueFull` (503) while waiting work is at `limit`. A document or URL batch
+that is admitted goes in whole, even past the limit, so its pages stay together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from ocr_service.core.batcher import PageSink
+from ocr_service.core.estimates import ThroughputMeter
+from ocr_service.core.queue import PageJob, PageQueue
+from ocr_service.core.store import TaskStore
+from ocr_service.core.tasks import BatchJob, Task, TaskStatus
+from ocr_service.documents import Document, PageRef
+from ocr_service.engines.base import PageOutcome, PageRequest
+from ocr_service.output.pages import build_page
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The service takes no more work now; `retry_after` is a whole number of seconds."""
+
+    def __init__(self, retry_after: int, reason: str = "queue_full") -> None:
+        super().__init__("Service is at full capacity. Please try again later.")
+        self.retry_after = retry_after
+        self.reason = reason  # queue_full, shutting_down or batcher_failed
+
+
+class CancelRefused(Exception):
+    """The task cannot be cancelled in its state (the message says which)."""
+
+
+class WorkLedger(PageSink):
+    def __init__(self, store: TaskStore, queue: PageQueue, *, limit: int) -> None:
+        self.store = store
+        self.queue = queue
+        self.limit = limit
+        self.throughput = ThroughputMeter()
+        self.counts: Counter[TaskStatus] = Counter()  # tasks held now, by status
+        self.ended: Counter[TaskStatus] = Counter()  # tasks that ever ended, by outcome
+        self.expired = 0
+        self.pages_in_flight = 0  # pages handed to the engine and not yet finished
+        self._reserved: set[str] = set()  # tasks admitted whose pages are not known yet
+        self._on_end: dict[str, Callable[[], None]] = {}  # what to stop when a task ends
+        self._live: dict[str, Task] = {}  # unfinished tasks
+        self._refusal: QueueFull | None = None  # set once the service stops admitting
+
+    # -- admission ---------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Work that counts against the limit."""
+        return len(self.queue) + len(self._reserved)
+
+    def check_room(self) -> None:
+        """Raise QueueFull, with a retry estimate, when nothing more may come in now."""
+        if self._refusal is not None:
+            raise self._refusal
+        if self.waiting >= self.limit:
+            raise QueueFull(self.throughput.retry_after(self.waiting - self.limit + 1))
+
+    async def admit_document(self, task: Task, document: Document) -> None:
+        """Admit a task whose document is open: its pages join the queue."""
+        await self.admit_pending([task])
+        self.document_arrived(task, document)
+
+    async def admit_pending(self, tasks: Sequence[Task], batch: BatchJob | None = None) -> None:
+        """Admit tasks whose documents are still to come (URLs); each holds one place."""
+        self.check_room()
+        self._reserved.update(task.id for task in tasks)
+        for task in tasks:
+            self._live[task.id] = task
+            self.counts[task.status] += 1
+        if batch is not None:
+            await self.store.add_batch(batch)
+        else:
+            for task in tasks:
+                await self.store.add(task)
+
+    def document_arrived(self, task: Task, document: Document) -> None:
+        """A pending task's document is open: its place becomes its pages."""
+        if task.status.terminal:
+            return
+        self._reserved.discard(task.id)
+        self._queue_pages(task, document)
+
+    def on_end(self, task: Task, stop: Callable[[], None]) -> None:
+        """Call `stop` when `task` ends, whoever ends it (a download to cancel)."""
+        self._on_end[task.id] = stop
+
+    def stop_admitting(self, retry_after: int, reason: str) -> None:
+        """Refuse every new submission from now on (shutdown, or a dead batcher)."""
+        self._refusal = QueueFull(max(1, retry_after), reason)
+
+    def _queue_pages(self, task: Task, document: Document) -> None:
+        task.set_document(document)
+        self.store.save(task)
+        now = time.monotonic()
+        self.queue.put(
+            PageJob(
+                task,
+                index,
+                PageRequest(PageRef(document, index), task.params.prompt, task.params.temperature, task.params.max_tokens),
+                now,
+            )
+            for index in range(document.page_count)
+        )
+
+    # -- pages (the batcher reports here) ----------------------------------------
+
+    def pages_started(self, jobs: Sequence[PageJob]) -> None:
+        self.pages_in_flight += len(jobs)
+        for job in jobs:
+            if job.task.status is TaskStatus.PENDING:
+                self._move(job.task, TaskStatus.PROCESSING, job.task.set_processing)
+
+    def page_finished(self, job: PageJob, outcome: PageOutcome) -> None:
+        self.pages_in_flight -= 1
+        task = job.task
+        if task.status.terminal:
+            return  # it failed or was cancelled while this page ran
+        if isinstance(outcome, Exception):
+            self.fail(task, f"page {job.index + 1}: {outcome}")
+            return
+        page = build_page(outcome.text, outcome.finish_reason, outcome.width, outcome.height, job.index + 1, outcome.blocks)
+        task.set_page(job.index, page)
+        if page.truncated:
+            task.warnings.append(
+                f"page {job.index + 1} stopped at max_tokens ({task.params.max_tokens}): its text is incomplete, "
+                "usually because the model repeated itself; raise max_tokens or check the page"
+            )
+        if task.pages_done == task.pages_total:
+            self._end(task, TaskStatus.COMPLETED)
+        else:
+            self.store.save(task)
+
+    def batch_ran(self, size: int, seconds: float) -> None:
+        self.throughput.batch_ran(size, seconds)
+
+    # -- ending ------------------------------------------------------------------
+
+    def fail(self, task: Task, error: str) -> None:
+        self._end(task, TaskStatus.FAILED, error)
+
+    def cancel(self, task: Task) -> None:
+        """Cancel a waiting task. Raises CancelRefused for one that runs or has ended
+        (cancelling a cancelled task again is harmless)."""
+        if task.status is TaskStatus.CANCELLED:
+            return
+        if task.status is TaskStatus.PROCESSING:
+            raise CancelRefused(f"task {task.id} is running; only a waiting task can be cancelled")
+        if task.status.terminal:
+            raise CancelRefused(f"task {task.id} has already ended ({task.status.value})")
+        self._end(task, TaskStatus.CANCELLED)
+
+    def cancel_waiting(self, batch: BatchJob) -> None:
+        """Cancel a batch's waiting items; running and finished ones are left alone."""
+        for task in batch.tasks:
+            if task.status is TaskStatus.PENDING:
+                self._end(task, TaskStatus.CANCELLED)
+
+    def fail_unfinished(self, reason: str, *, waiting_only: bool = False) -> int:
+        """Fail every unfinished task (or only the waiting ones) with `reason`; return how many."""
+        ended = 0
+        for task in list(self._live.values()):
+            if waiting_only and task.status is not TaskStatus.PENDING:
+                continue
+            self.fail(task, reason)
+            ended += 1
+        return ended
+
+    def _end(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
+        if task.status.terminal:
+            return
+        self._move(task, status, lambda: task.set_ended(status, error))
+        self.ended[status] += 1
+        self._live.pop(task.id, None)
+        self._reserved.discard(task.id)
+        self.queue.discard(task)
+        stop = self._on_end.pop(task.id, None)
+        if stop is not None:
+            stop()
+
+    def _move(self, task: Task, status: TaskStatus, change: Callable[[], None]) -> None:
+        self.counts[task.status] -= 1
+        change()
+        self.counts[status] += 1
+        self.store.save(task)
+
+    # -- reading -----------------------------------------------------------------
+
+    async def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
+        """The task, if it exists and belongs to `owner` (others see nothing)."""
+        task = await self.store.get(task_id)
+        return task if task is not None and task.owner == owner else None
+
+    async def get_batch(self, batch_id: str, owner: str | None = None) -> BatchJob | None:
+        batch = await self.store.get_batch(batch_id)
+        return batch if batch is not None and batch.owner == owner else None
+
+    @staticmethod
+    async def wait_for(tasks: Sequence[Task], timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every task to end; True if they all did."""
+        try:
+            async with asyncio.timeout(timeout):
+                for task in tasks:
+                    await task.finished.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def queue_position(self, task: Task) -> int | None:
+        return self.queue.position(task) if task.status is TaskStatus.PENDING else None
+
+    def estimated_wait(self, task: Task) -> float | None:
+        """Seconds until a waiting task is likely done, or None before anything was measured:
+        the pages ahead of it, those in the engine and its own, at the measured pages/s."""
+        position = self.queue_position(task)
+        if position is None:
+            return None
+        seconds = self.throughput.seconds_for(position + self.pages_in_flight + task.pages_total)
+        return None if seconds is None else round(seconds, 1)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    async def expire(self, now: float | None = None) -> int:
+        """Drop finished work older than the TTL from the store; return how many tasks went."""
+        expired = await self.store.expire(time.time() if now is None else now)
+        for task in expired:
+            self.counts[task.status] -= 1
+        self.expired += len(expired)
+        return len(expired)
+
+    async def run_cleanup(self, interval: float) -> None:
+        """Expire old work every `interval` seconds, for the life of the app."""
+        while True:
+            await asyncio.sleep(interval)
+            removed = await self.expire()
+            if removed:
+                logger.info("expired %d finished tasks", removed)
