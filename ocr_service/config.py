@@ -14,7 +14,7 @@ EngineName = Literal["rapidocr", "vllm", "transformers", "fake"]
 
 
 class Settings(BaseSettings):
-    """Service configuration. Defaults follow the seed service (DESIGN.md section 3)."""
+    """Service configuration. The defaults of the variables the original service had are kept."""
 
     model_config = SettingsConfigDict(
         env_prefix="OCR_",
@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     @field_validator("default_prompt", mode="after")
     @classmethod
     def _unescape_prompt(cls, value: str) -> str:
-        # `.env` files and shells pass "\n" literally, as the seed's example does.
+        # `.env` files and shells pass "\n" literally (OCR_DEFAULT_PROMPT=<image>\nFree OCR.).
         return value.replace("\\n", "\n")
 
     @model_validator(mode="after")

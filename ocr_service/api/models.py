@@ -1,4 +1,4 @@
-"""Request and response bodies, as the seed's API documents them (plus additive fields)."""
+"""Request and response bodies: the original service's shapes, plus fields added beside them (never renamed)."""
 
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ class SyncBatchInput(BaseModel):
 
 
 class SyncBatchRequest(BaseModel):
-    """Seed 000's request: image and PDF URLs, one prompt."""
+    """The synchronous `/ocr_batch` request: image and PDF URLs, one prompt."""
 
     input: SyncBatchInput
     prompt: str = Field("<image>\nFree OCR.", max_length=4000)
 
 
 class SyncBatchResponse(BaseModel):
-    """Seed 000's answer, one string per input (a PDF's pages joined), plus task ids and errors."""
+    """The synchronous `/ocr_batch` answer: one string per input (a PDF's pages joined), plus task ids and errors."""
 
     output: list[str]
     errors: list[str | None]

@@ -93,7 +93,7 @@ async def submit_url_batch(
 async def ocr_batch(
     body: SyncBatchRequest, request: Request, service: Running, config: Config, owner: Owner
 ) -> SyncBatchResponse | JSONResponse:
-    """Seed 000's synchronous API, served through the same queue and batcher.
+    """The synchronous batch API of earlier DeepSeek-OCR deployments, served through the same queue and batcher.
 
     Past OCR_SYNC_TIMEOUT it answers 504 with the task ids: the work goes on and the
     results can be polled, so nothing is lost.

@@ -156,10 +156,6 @@ class Batcher:
         self._crash: BaseException | None = None
         queue.on_arrival(self.wake)
 
-    @property
-    def in_flight_pages(self) -> int:
-        return len(self._in_flight)
-
     def wake(self) -> None:
         """Look at the queue again (pages arrived, a slot was freed, time passed)."""
         self._wakeup.set()
