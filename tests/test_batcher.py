@@ -13,7 +13,7 @@ from ocr_service.core import batcher as batcher_module
 from ocr_service.core.batcher import BatchCap, Batcher, BatchPolicy, flush_delay
 from ocr_service.core.queue import PageJob, PageQueue
 from ocr_service.core.tasks import OcrParams, Task
-from ocr_service.engines.base import EngineError, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import DecodedPage, EngineError, PageOutcome, PageOutput, PageRequest
 from ocr_service.engines.fake import FAIL_MARKER, FakeEngine
 from tests.helpers import solid_image
 
@@ -226,3 +226,30 @@ async def test_a_page_alone_too_large_fails_with_the_reason() -> None:
         await rig.sink.wait_for(2)
     assert all("too large for this GPU" in str(outcome) for _, outcome in rig.sink.finished)
     assert rig.batcher.stats.pages_too_large == 2
+
+
+class PoisonEngine(FakeEngine):
+    """Fails a whole batch whenever one of its pages is the poisoned one (a real engine's
+    batch-level exception: a bad tensor shape, a processor error)."""
+
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
+        if any("poison" in page.prompt for page in pages):
+            raise ValueError("shape mismatch in the batch")
+        return super().predict(pages)
+
+
+async def test_an_error_that_takes_a_batch_down_fails_only_the_page_at_fault() -> None:
+    engine = PoisonEngine()
+    async with Rig(engine, batch_size=8, policy="timeout") as rig:
+        jobs = [job(seed, rig.clock, prompt="<image>\npoison" if seed == 5 else "<image>\nFree OCR.") for seed in range(8)]
+        rig.put(*jobs)
+        await rig.sink.wait_for(8)
+    outcomes = {id(finished): outcome for finished, outcome in rig.sink.finished}
+    assert len(outcomes) == 8
+    for index, page_job in enumerate(jobs):
+        outcome = outcomes[id(page_job)]
+        if index == 5:
+            assert isinstance(outcome, EngineError) and "shape mismatch" in str(outcome)
+        else:
+            assert isinstance(outcome, PageOutput), outcome
+    assert rig.batcher.cap.value == 8  # not a memory problem: the cap stays

@@ -142,10 +142,11 @@ async def test_stop_admitting_refuses_with_the_reason_and_fail_unfinished_ends_e
     running = await admitted(book)
     book.pages_started(book.queue.take(1))
     waiting = await admitted(book)
-    book.stop_admitting(retry_after=7, reason="shutting_down")
+    book.stop_admitting(retry_after=7, reason="shutting_down", detail="going away")
     with pytest.raises(QueueFull) as refused:
         book.check_room()
     assert refused.value.retry_after == 7 and refused.value.reason == "shutting_down"
+    assert str(refused.value) == "going away"
     assert book.fail_unfinished("gone", waiting_only=True) == 1
     assert waiting.status is TaskStatus.FAILED and running.status is TaskStatus.PROCESSING
     assert book.fail_unfinished("gone") == 1

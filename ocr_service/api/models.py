@@ -22,12 +22,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 ERROR_MEANINGS = {
     400: "Bad request: an empty file, or a body that cannot be parsed",
+    408: "The request body paused for longer than OCR_BODY_TIMEOUT",
     401: "No valid API key (when OCR_API_KEYS is set)",
     404: "Unknown, expired, or another key's",
     409: "The task is running or has already ended",
     413: "Larger than the upload limit",
     422: "Invalid input",
-    429: "Over the per-client rate limit (OCR_RATE_LIMIT); see Retry-After",
+    429: "Over the per-client rate limit (OCR_RATE_LIMIT) or task quota (OCR_MAX_STORED_TASKS_PER_CLIENT); see Retry-After",
     503: "At capacity or shutting down; see Retry-After",
 }
 

@@ -32,12 +32,12 @@ from ocr_service.api.models import (
     UrlRequest,
     errors,
 )
-from ocr_service.api.security import Owner
+from ocr_service.api.security import Owner, Submitter
 from ocr_service.api.state import ApiConfig, Config, Running
 from ocr_service.core.status import ServiceStatus
 
 router = APIRouter(responses=errors(401, 422, 429))
-SUBMIT_ERRORS = errors(400, 413, 503)
+SUBMIT_ERRORS = errors(400, 408, 413, 503)
 
 TASK_NOT_FOUND = "task {} not found (unknown, or expired after OCR_TASK_TTL)"
 BATCH_NOT_FOUND = "batch task {} not found (unknown, or expired after OCR_TASK_TTL)"
@@ -53,7 +53,7 @@ async def submit_upload(
     request: Request,
     service: Running,
     config: Config,
-    owner: Owner,
+    caller: Submitter,
     file: Annotated[UploadFile, File(description="An image (PNG, JPEG, WebP, TIFF, BMP, GIF) or a PDF")],
     prompt: Annotated[str | None, Form(max_length=4000)] = None,
     temperature: Annotated[float | None, Form(ge=0, le=2)] = None,
@@ -65,33 +65,35 @@ async def submit_upload(
     data = await file.read()
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
-    task = await service.intake.submit_upload(data, config.defaults.params(prompt, temperature, max_tokens), owner)
+    task = await service.intake.submit_upload(data, config.defaults.params(prompt, temperature, max_tokens), caller)
     note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
-async def submit_url(body: UrlRequest, request: Request, service: Running, config: Config, owner: Owner) -> TaskAccepted:
+async def submit_url(
+    body: UrlRequest, request: Request, service: Running, config: Config, caller: Submitter
+) -> TaskAccepted:
     params = config.defaults.params(body.prompt, body.temperature, body.max_tokens)
-    task = await service.intake.submit_url(body.url, params, owner)
+    task = await service.intake.submit_url(body.url, params, caller)
     note_task(request, task.id)
     return TaskAccepted(task_id=task.id, status=task.status.value)
 
 
 @router.post("/ocr/url/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted, responses=SUBMIT_ERRORS)
 async def submit_url_batch(
-    body: UrlBatchRequest, request: Request, service: Running, config: Config, owner: Owner
+    body: UrlBatchRequest, request: Request, service: Running, config: Config, caller: Submitter
 ) -> BatchAccepted:
     check_batch_length(len(body.urls), config)
     params = config.defaults.params(body.prompt, body.temperature, body.max_tokens)
-    batch = await service.intake.submit_url_batch(body.urls, params, owner)
+    batch = await service.intake.submit_url_batch(body.urls, params, caller)
     note_task(request, batch.id)
     return BatchAccepted(batch_task_id=batch.id, status=batch.status.value)
 
 
 @router.post("/ocr_batch", response_model=SyncBatchResponse, responses={504: {"description": "Not finished in time"}, **SUBMIT_ERRORS})
 async def ocr_batch(
-    body: SyncBatchRequest, request: Request, service: Running, config: Config, owner: Owner
+    body: SyncBatchRequest, request: Request, service: Running, config: Config, caller: Submitter
 ) -> SyncBatchResponse | JSONResponse:
     """The synchronous batch API of earlier DeepSeek-OCR deployments, served through the same queue and batcher.
 
@@ -102,7 +104,7 @@ async def ocr_batch(
     if not urls:
         raise HTTPException(422, "input.images or input.pdfs must list at least one URL")
     check_batch_length(len(urls), config)
-    batch = await service.intake.submit_url_batch(urls, config.defaults.params(body.prompt, None, None), owner)
+    batch = await service.intake.submit_url_batch(urls, config.defaults.params(body.prompt, None, None), caller)
     note_task(request, batch.id)
     task_ids = [task.id for task in batch.tasks]
     if not await service.ledger.wait_for(batch.tasks, config.sync_timeout):

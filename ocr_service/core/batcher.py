@@ -13,7 +13,8 @@ ones while a slow batch-mate still runs. It knows nothing of tasks or Markdown.
 
 An out-of-memory error splits the batch in halves and retries them, and lowers the
 live batch cap (`BatchCap`) to what fitted; a page fails only when it alone does not
-fit.
+fit. Any other error that takes a whole batch down is bisected the same way (without
+touching the cap), so the page at fault fails alone and its batch-mates complete.
 """
 
 from __future__ import annotations
@@ -251,27 +252,27 @@ class Batcher:
         """Run pages through the engine, splitting the batch on out-of-memory errors."""
         done: set[int] = set()
         started = self.clock()
-        out_of_memory = ""
+        out_of_memory = failure = ""
         try:
             async for index, outcome in self.engine.run([job.request for job in jobs]):
                 done.add(index)
                 self._finish(jobs[index], outcome)
         except EngineOutOfMemory as exc:
             out_of_memory = str(exc)
-        except Exception as exc:
-            logger.exception("engine failed on a batch of %d pages", len(jobs))
-            for index, job in enumerate(jobs):
-                if index not in done:
-                    self._finish(job, EngineError(f"engine error: {exc}"))
-            return
+        except Exception as exc:  # noqa: BLE001 - bisected below: the page at fault fails with it
+            logger.warning("engine failed on a batch of %d pages: %r", len(jobs), exc)
+            failure = str(exc) or repr(exc)
+        # Retried outside the except block: an error's traceback can hold the failed
+        # batch's device memory, and the halves need it back.
+        rest = [job for i, job in enumerate(jobs) if i not in done]
         if out_of_memory:
-            # Retried outside the except block: the error's traceback can hold the failed
-            # batch's device memory, and the halves need it back.
-            await self._retry_smaller([job for i, job in enumerate(jobs) if i not in done], out_of_memory)
-            return
-        self._record_batch(len(jobs), self.clock() - started)
+            await self._retry_out_of_memory(rest, out_of_memory)
+        elif failure:
+            await self._retry_failed(rest, failure)
+        else:
+            self._record_batch(len(jobs), self.clock() - started)
 
-    async def _retry_smaller(self, jobs: list[PageJob], error: str) -> None:
+    async def _retry_out_of_memory(self, jobs: list[PageJob], error: str) -> None:
         self.stats.oom_events += 1
         if len(jobs) == 1:
             self.stats.pages_too_large += 1
@@ -279,6 +280,15 @@ class Batcher:
             return
         self.cap.out_of_memory(len(jobs))
         logger.warning("out of memory on a batch of %d pages; retrying halves, cap now %d", len(jobs), self.cap.value)
+        await self._infer_halves(jobs)
+
+    async def _retry_failed(self, jobs: list[PageJob], error: str) -> None:
+        if len(jobs) == 1:
+            self._finish(jobs[0], EngineError(f"engine error: {error}"))
+            return
+        await self._infer_halves(jobs)
+
+    async def _infer_halves(self, jobs: list[PageJob]) -> None:
         half = len(jobs) // 2
         await self._infer(jobs[:half])
         await self._infer(jobs[half:])

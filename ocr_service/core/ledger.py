@@ -10,6 +10,10 @@ Admission counts waiting work, never finished tasks: pages in the queue plus doc
 still downloading (each counts as one until its pages are known). A submission is
 refused with `QueueFull` (503) while waiting work is at `limit`. A document or URL batch
 that is admitted goes in whole, even past the limit, so its pages stay together.
+
+Finished tasks are kept for the store's TTL, so the tasks held are bounded too: at most
+`max_stored` in all (`QueueFull`, 503) and `max_stored_per_client` per client
+(`TooManyTasks`, 429), so one client cannot fill memory with tasks that fail at once.
 """
 
 from __future__ import annotations
@@ -32,13 +36,24 @@ from ocr_service.output.pages import build_page
 logger = logging.getLogger(__name__)
 
 
+FULL = "Service is at full capacity. Please try again later."
+
+
 class QueueFull(Exception):
     """The service takes no more work now; `retry_after` is a whole number of seconds."""
 
-    def __init__(self, retry_after: int, reason: str = "queue_full") -> None:
-        super().__init__("Service is at full capacity. Please try again later.")
+    def __init__(self, retry_after: int, reason: str = "queue_full", detail: str = FULL) -> None:
+        super().__init__(detail)
         self.retry_after = retry_after
         self.reason = reason  # queue_full, shutting_down or batcher_failed
+
+
+class TooManyTasks(Exception):
+    """One client holds as many tasks as it may; `retry_after` is a whole number of seconds."""
+
+    def __init__(self, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class CancelRefused(Exception):
@@ -46,15 +61,28 @@ class CancelRefused(Exception):
 
 
 class WorkLedger(PageSink):
-    def __init__(self, store: TaskStore, queue: PageQueue, *, limit: int) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: PageQueue,
+        *,
+        limit: int,
+        max_stored: int = 100_000,
+        max_stored_per_client: int = 10_000,
+        expiry_interval: float = 300,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.limit = limit
+        self.max_stored = max_stored
+        self.max_stored_per_client = max_stored_per_client
+        self.expiry_interval = expiry_interval  # how often finished tasks are dropped
         self.throughput = ThroughputMeter()
         self.counts: Counter[TaskStatus] = Counter()  # tasks held now, by status
         self.ended: Counter[TaskStatus] = Counter()  # tasks that ever ended, by outcome
         self.expired = 0
         self.pages_in_flight = 0  # pages handed to the engine and not yet finished
+        self._held_by_client: Counter[str] = Counter()
         self._reserved: set[str] = set()  # tasks admitted whose pages are not known yet
         self._on_end: dict[str, Callable[[], None]] = {}  # what to stop when a task ends
         self._live: dict[str, Task] = {}  # unfinished tasks
@@ -67,12 +95,28 @@ class WorkLedger(PageSink):
         """Work that counts against the limit."""
         return len(self.queue) + len(self._reserved)
 
-    def check_room(self) -> None:
-        """Raise QueueFull, with a retry estimate, when nothing more may come in now."""
+    def check_room(self, client: str | None = None, tasks: int = 1) -> None:
+        """Raise QueueFull (or TooManyTasks for `client`), with a retry estimate, when `tasks`
+        more may not come in now."""
         if self._refusal is not None:
             raise self._refusal
         if self.waiting >= self.limit:
             raise QueueFull(self.throughput.retry_after(self.waiting - self.limit + 1))
+        retry_after = max(1, round(self.expiry_interval))
+        if self.total + tasks > self.max_stored:
+            raise QueueFull(
+                retry_after,
+                "store_full",
+                f"The service holds {self.total} tasks, its limit (OCR_MAX_STORED_TASKS={self.max_stored}); "
+                "finished ones are dropped after OCR_TASK_TTL. Please try again later.",
+            )
+        if client is not None and self._held_by_client[client] + tasks > self.max_stored_per_client:
+            raise TooManyTasks(
+                retry_after,
+                f"you hold {self._held_by_client[client]} tasks, the limit per client "
+                f"(OCR_MAX_STORED_TASKS_PER_CLIENT={self.max_stored_per_client}); finished ones are dropped "
+                "after OCR_TASK_TTL",
+            )
 
     async def admit_document(self, task: Task, document: Document) -> None:
         """Admit a task whose document is open: its pages join the queue."""
@@ -81,11 +125,13 @@ class WorkLedger(PageSink):
 
     async def admit_pending(self, tasks: Sequence[Task], batch: BatchJob | None = None) -> None:
         """Admit tasks whose documents are still to come (URLs); each holds one place."""
-        self.check_room()
+        if tasks:
+            self.check_room(tasks[0].client, len(tasks))
         self._reserved.update(task.id for task in tasks)
         for task in tasks:
             self._live[task.id] = task
             self.counts[task.status] += 1
+            self._held_by_client[task.client] += 1
         if batch is not None:
             await self.store.add_batch(batch)
         else:
@@ -103,9 +149,9 @@ class WorkLedger(PageSink):
         """Call `stop` when `task` ends, whoever ends it (a download to cancel)."""
         self._on_end[task.id] = stop
 
-    def stop_admitting(self, retry_after: int, reason: str) -> None:
-        """Refuse every new submission from now on (shutdown, or a dead batcher)."""
-        self._refusal = QueueFull(max(1, retry_after), reason)
+    def stop_admitting(self, retry_after: int, reason: str, detail: str) -> None:
+        """Refuse every new submission from now on (shutdown, or a dead batcher), saying why."""
+        self._refusal = QueueFull(max(1, retry_after), reason, detail)
 
     def _queue_pages(self, task: Task, document: Document) -> None:
         task.set_document(document)
@@ -245,13 +291,16 @@ class WorkLedger(PageSink):
         expired = await self.store.expire(time.time() if now is None else now)
         for task in expired:
             self.counts[task.status] -= 1
+            self._held_by_client[task.client] -= 1
+            if not self._held_by_client[task.client]:
+                del self._held_by_client[task.client]
         self.expired += len(expired)
         return len(expired)
 
-    async def run_cleanup(self, interval: float) -> None:
-        """Expire old work every `interval` seconds, for the life of the app."""
+    async def run_cleanup(self) -> None:
+        """Expire old work every `expiry_interval` seconds, for the life of the app."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.expiry_interval)
             removed = await self.expire()
             if removed:
                 logger.info("expired %d finished tasks", removed)

@@ -43,6 +43,20 @@ class OcrParams:
     max_tokens: int
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who submits: the API key's fingerprint (a task is visible to its key alone; None
+    when keys are off) and the name quotas and fair shares count under (the key, else
+    the client's address)."""
+
+    owner: str | None
+    client: str
+
+    @classmethod
+    def anonymous(cls) -> Caller:
+        return cls(None, "local")
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -53,6 +67,7 @@ class Task:
     url: str | None = None  # None for uploads
     batch_id: str | None = None
     owner: str | None = None  # the API key's fingerprint where keys are on
+    client: str = "local"  # whose quota it counts against (see Caller)
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = 0.0
