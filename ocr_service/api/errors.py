@@ -57,7 +57,9 @@ def add_error_handlers(app: FastAPI) -> None:
         request_id = getattr(request.state, "request_id", None)
         logger.error("unexpected error (request %s)", request_id, exc_info=exc)
         detail = f"internal error; quote request id {request_id} when you report it"
-        return JSONResponse({"detail": detail, "request_id": request_id}, status_code=500)
+        # Answered outside the middleware that adds the header to every other answer.
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return JSONResponse({"detail": detail, "request_id": request_id}, status_code=500, headers=headers)
 
 
 def safe_error(error: Any) -> dict[str, Any]:
