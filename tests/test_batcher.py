@@ -88,7 +88,6 @@ class ListSink:
     def __init__(self) -> None:
         self.started: list[list[PageJob]] = []
         self.finished: list[tuple[PageJob, PageOutcome]] = []
-        self.batches: list[tuple[int, float]] = []
         self._changed = asyncio.Event()
 
     def pages_started(self, jobs: Sequence[PageJob]) -> None:
@@ -97,9 +96,6 @@ class ListSink:
     def page_finished(self, job: PageJob, outcome: PageOutcome) -> None:
         self.finished.append((job, outcome))
         self._changed.set()
-
-    def batch_ran(self, size: int, seconds: float) -> None:
-        self.batches.append((size, seconds))
 
     async def wait_for(self, pages: int) -> None:
         async with asyncio.timeout(30):

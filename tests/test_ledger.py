@@ -115,16 +115,43 @@ async def test_ending_a_pending_url_stops_its_download_and_frees_its_place() -> 
     await admitted(book)  # the place is free again
 
 
-async def test_cancel_refuses_running_and_ended_tasks_and_repeats_harmlessly() -> None:
+async def test_cancel_stops_a_running_task_keeping_its_done_pages_and_refuses_an_ended_one() -> None:
     book = ledger()
-    running = await admitted(book)
-    book.pages_started(book.queue.take(1))
-    with pytest.raises(CancelRefused, match="running"):
-        book.cancel(running)
-    waiting = await admitted(book)
-    book.cancel(waiting)
-    book.cancel(waiting)
-    assert waiting.status is TaskStatus.CANCELLED and book.ended[TaskStatus.CANCELLED] == 1
+    running = await admitted(book, pdf(3))
+    first, second = book.queue.take(2)
+    book.pages_started([first, second])
+    book.page_finished(first, output("page one"))
+    book.cancel(running)
+    assert running.status is TaskStatus.CANCELLED and len(book.queue) == 0  # page 3 never runs
+    assert running.pages_done == 1 and "not done: pages 2, 3" in running.warnings[-1]
+    book.page_finished(second, output("late"))  # finished in the engine after the cancel: dropped
+    assert running.pages_done == 1
+    book.cancel(running)  # again: harmless
+    assert book.ended[TaskStatus.CANCELLED] == 1
+    done = await admitted(book)
+    (job,) = book.queue.take(1)
+    book.pages_started([job])
+    book.page_finished(job, output())
+    with pytest.raises(CancelRefused, match="completed"):
+        book.cancel(done)
+
+
+async def test_estimates_count_the_pages_that_must_finish_first() -> None:
+    now = [0.0]
+    book = WorkLedger(MemoryTaskStore(ttl=60), PageQueue(), limit=50, clock=lambda: now[0])
+    first = await admitted(book, pdf(4))
+    assert book.estimated_wait(first) is None  # nothing measured yet
+    jobs = book.queue.take(2)
+    book.pages_started(jobs)
+    now[0] = 2.0
+    for job in jobs:
+        book.page_finished(job, output())  # 2 pages in 2 s of work: 1 page/s
+    later = await admitted(book, pdf(3))
+    book.pages_started(book.queue.take(2))  # pages 3 and 4 of the first task in the engine
+    assert book.estimated_wait(first) == 2.0  # its last two pages are in the engine
+    assert book.estimated_wait(later) == 5.0  # those two, then its own three
+    book.cancel(later)
+    assert book.estimated_wait(later) is None
 
 
 async def test_a_page_that_finishes_after_its_task_ended_changes_nothing() -> None:

@@ -25,7 +25,7 @@ ERROR_MEANINGS = {
     408: "The request body paused for longer than OCR_BODY_TIMEOUT",
     401: "No valid API key (when OCR_API_KEYS is set)",
     404: "Unknown, expired, or another key's",
-    409: "The task is running or has already ended",
+    409: "The task has already ended",
     413: "Larger than the upload limit",
     422: "Invalid input",
     429: "Over the per-client rate limit (OCR_RATE_LIMIT) or task quota (OCR_MAX_STORED_TASKS_PER_CLIENT); see Retry-After",
@@ -68,6 +68,15 @@ class SyncBatchResponse(BaseModel):
     batch_task_id: str
 
 
+class SyncBatchFailure(BaseModel):
+    """`/ocr_batch` when not every input was read (400) or in time (504): the tasks go on."""
+
+    detail: str
+    errors: list[str | None]
+    task_ids: list[str]
+    batch_task_id: str
+
+
 class TaskAccepted(BaseModel):
     task_id: str
     status: str
@@ -89,6 +98,7 @@ class PageView(BaseModel):
     blocks: list[dict]
     finish_reason: str
     truncated: bool
+    warnings: list[str] | None = None
 
 
 class TaskView(BaseModel):

@@ -96,8 +96,6 @@ class PageSink(Protocol):
 
     def page_finished(self, job: PageJob, outcome: PageOutcome) -> None: ...
 
-    def batch_ran(self, size: int, seconds: float) -> None: ...
-
 
 class BatchObserver(Protocol):
     """Told about every batch (metrics); the batcher works the same without one."""
@@ -300,6 +298,5 @@ class Batcher:
         stats.last_batch_size = size
         stats.engine_seconds += seconds
         self.cap.batch_fitted(size)
-        self.sink.batch_ran(size, seconds)
         if self.observer is not None:
             self.observer.batch_ran(size, seconds)

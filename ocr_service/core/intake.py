@@ -100,9 +100,20 @@ class Intake:
         self._start_download(task)
         return task
 
-    async def submit_url_batch(self, urls: Sequence[str], params: OcrParams, caller: Caller) -> BatchJob:
-        """Admit a whole URL batch (it may push the queue past its limit); each URL stands alone."""
-        tasks = [Task(params, url=url, owner=caller.owner, client=caller.client) for url in urls]
+    async def submit_url_batch(
+        self,
+        urls: Sequence[str],
+        params: OcrParams,
+        caller: Caller,
+        required_kinds: Sequence[str | None] | None = None,
+    ) -> BatchJob:
+        """Admit a whole URL batch (it may push the queue past its limit); each URL stands alone.
+        `required_kinds` ("pdf" or None per URL) fails an item whose document is of another kind."""
+        kinds = required_kinds or [None] * len(urls)
+        tasks = [
+            Task(params, url=url, owner=caller.owner, client=caller.client, required_kind=kind)
+            for url, kind in zip(urls, kinds, strict=True)
+        ]
         batch = BatchJob(tasks, owner=caller.owner)
         for task in batch.tasks:
             task.batch_id = batch.id
@@ -137,6 +148,9 @@ class Intake:
             ):
                 data = await self.fetcher.fetch(url)
             document = await asyncio.to_thread(open_document, data, self.limits)
+            if task.required_kind is not None and document.kind != task.required_kind:
+                self.ledger.fail(task, f"Provided file is not a {task.required_kind.upper()}: {url}")
+                return
             self.ledger.document_arrived(task, document)
         except (FetchError, DocumentError) as exc:
             self.ledger.fail(task, f"{task.url}: {exc}")

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from ocr_service.core.batcher import PageSink
 from ocr_service.core.estimates import ThroughputMeter
@@ -70,6 +71,7 @@ class WorkLedger(PageSink):
         max_stored: int = 100_000,
         max_stored_per_client: int = 10_000,
         expiry_interval: float = 300,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -77,6 +79,7 @@ class WorkLedger(PageSink):
         self.max_stored = max_stored
         self.max_stored_per_client = max_stored_per_client
         self.expiry_interval = expiry_interval  # how often finished tasks are dropped
+        self.clock = clock
         self.throughput = ThroughputMeter()
         self.counts: Counter[TaskStatus] = Counter()  # tasks held now, by status
         self.ended: Counter[TaskStatus] = Counter()  # tasks that ever ended, by outcome
@@ -156,7 +159,7 @@ class WorkLedger(PageSink):
     def _queue_pages(self, task: Task, document: Document) -> None:
         task.set_document(document)
         self.store.save(task)
-        now = time.monotonic()
+        now = self.clock()
         self.queue.put(
             PageJob(
                 task,
@@ -166,6 +169,7 @@ class WorkLedger(PageSink):
             )
             for index in range(document.page_count)
         )
+        self._note_busy()
 
     # -- pages (the batcher reports here) ----------------------------------------
 
@@ -174,29 +178,39 @@ class WorkLedger(PageSink):
         for job in jobs:
             if job.task.status is TaskStatus.PENDING:
                 self._move(job.task, TaskStatus.PROCESSING, job.task.set_processing)
+        self._note_busy()
 
     def page_finished(self, job: PageJob, outcome: PageOutcome) -> None:
         self.pages_in_flight -= 1
+        self.throughput.pages_finished(1, self.clock())
+        self._record(job, outcome)
+        self._note_busy()
+
+    def _record(self, job: PageJob, outcome: PageOutcome) -> None:
         task = job.task
         if task.status.terminal:
             return  # it failed or was cancelled while this page ran
         if isinstance(outcome, Exception):
             self.fail(task, f"page {job.index + 1}: {outcome}")
             return
-        page = build_page(outcome.text, outcome.finish_reason, outcome.width, outcome.height, job.index + 1, outcome.blocks)
-        task.set_page(job.index, page)
-        if page.truncated:
-            task.warnings.append(
-                f"page {job.index + 1} stopped at max_tokens ({task.params.max_tokens}): its text is incomplete, "
+        warnings = [outcome.warning] if outcome.warning else []
+        if outcome.finish_reason == "length":
+            warnings.append(
+                f"stopped at max_tokens ({task.params.max_tokens}): its text is incomplete, "
                 "usually because the model repeated itself; raise max_tokens or check the page"
             )
+        page = build_page(outcome.text, outcome.finish_reason, outcome.width, outcome.height, job.index + 1, outcome.blocks)
+        task.set_page(job.index, replace(page, warnings=tuple(warnings)))
+        for warning in warnings:
+            task.add_warning(f"page {job.index + 1}: {warning}")
         if task.pages_done == task.pages_total:
             self._end(task, TaskStatus.COMPLETED)
         else:
             self.store.save(task)
 
-    def batch_ran(self, size: int, seconds: float) -> None:
-        self.throughput.batch_ran(size, seconds)
+    def _note_busy(self) -> None:
+        """Tell the meter whether pages wait or run: its clock runs only then."""
+        self.throughput.busy_changed(len(self.queue) + self.pages_in_flight > 0, self.clock())
 
     # -- ending ------------------------------------------------------------------
 
@@ -204,21 +218,25 @@ class WorkLedger(PageSink):
         self._end(task, TaskStatus.FAILED, error)
 
     def cancel(self, task: Task) -> None:
-        """Cancel a waiting task. Raises CancelRefused for one that runs or has ended
-        (cancelling a cancelled task again is harmless)."""
+        """Cancel a waiting or running task. Its waiting pages never run; pages already in
+        the engine finish there, but their results are dropped; finished pages are kept.
+        Raises CancelRefused for a task that has ended (cancelling twice is harmless)."""
         if task.status is TaskStatus.CANCELLED:
             return
-        if task.status is TaskStatus.PROCESSING:
-            raise CancelRefused(f"task {task.id} is running; only a waiting task can be cancelled")
         if task.status.terminal:
             raise CancelRefused(f"task {task.id} has already ended ({task.status.value})")
+        if task.pages_done:
+            left = [str(index + 1) for index, page in enumerate(task.pages) if page is None]
+            task.add_warning(
+                f"cancelled after {task.pages_done} of {task.pages_total} pages; not done: pages {', '.join(left)}"
+            )
         self._end(task, TaskStatus.CANCELLED)
 
-    def cancel_waiting(self, batch: BatchJob) -> None:
-        """Cancel a batch's waiting items; running and finished ones are left alone."""
+    def cancel_batch(self, batch: BatchJob) -> None:
+        """Cancel every unfinished item of a batch; finished ones are left as they are."""
         for task in batch.tasks:
-            if task.status is TaskStatus.PENDING:
-                self._end(task, TaskStatus.CANCELLED)
+            if not task.status.terminal:
+                self.cancel(task)
 
     def fail_unfinished(self, reason: str, *, waiting_only: bool = False) -> int:
         """Fail every unfinished task (or only the waiting ones) with `reason`; return how many."""
@@ -241,6 +259,7 @@ class WorkLedger(PageSink):
         stop = self._on_end.pop(task.id, None)
         if stop is not None:
             stop()
+        self._note_busy()
 
     def _move(self, task: Task, status: TaskStatus, change: Callable[[], None]) -> None:
         self.counts[task.status] -= 1
@@ -274,12 +293,16 @@ class WorkLedger(PageSink):
         return self.queue.position(task) if task.status is TaskStatus.PENDING else None
 
     def estimated_wait(self, task: Task) -> float | None:
-        """Seconds until a waiting task is likely done, or None before anything was measured:
-        the pages ahead of it, those in the engine and its own, at the measured pages/s."""
-        position = self.queue_position(task)
-        if position is None:
+        """Seconds until an unfinished task is likely done, or None before anything was
+        measured: the pages that must finish first (those in the engine, and in the queue up
+        to and with its last waiting page), at the measured pages per second."""
+        if task.status.terminal:
             return None
-        seconds = self.throughput.seconds_for(position + self.pages_in_flight + task.pages_total)
+        last = self.queue.last_position(task)
+        if last is None and task.id in self._reserved:
+            return None  # still downloading: its pages are not known
+        pages = self.pages_in_flight + (0 if last is None else last + 1)
+        seconds = self.throughput.seconds_for(pages)
         return None if seconds is None else round(seconds, 1)
 
     @property

@@ -68,6 +68,7 @@ class Task:
     batch_id: str | None = None
     owner: str | None = None  # the API key's fingerprint where keys are on
     client: str = "local"  # whose quota it counts against (see Caller)
+    required_kind: str | None = None  # "pdf" where the client said the URL is a PDF
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = 0.0
@@ -109,6 +110,11 @@ class Task:
 
     def set_page(self, index: int, page: PageResult) -> None:
         self.pages[index] = page
+        self._touch()
+
+    def add_warning(self, warning: str) -> None:
+        if warning not in self.warnings:
+            self.warnings.append(warning)
         self._touch()
 
     def set_ended(self, status: TaskStatus, error: str | None = None) -> None:

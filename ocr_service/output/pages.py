@@ -54,6 +54,7 @@ class PageResult:
     # Never to be shown as a clean success.
     truncated: bool
     page: int | None = None  # 1-based page number, when known
+    warnings: tuple[str, ...] = ()  # what the engine could not do as asked, or did incompletely
 
     def as_dict(self) -> dict:
         out: dict = {} if self.page is None else {"page": self.page}
@@ -63,6 +64,8 @@ class PageResult:
             finish_reason=self.finish_reason,
             truncated=self.truncated,
         )
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 

@@ -36,6 +36,7 @@ from ocr_service.probe.runner import (
     DEFAULT_MAX_BATCH,
     ProbeError,
     ProbeResult,
+    default_max_batch,
     run_probe,
 )
 from ocr_service.probe.sample_page import render_test_page
@@ -46,6 +47,7 @@ __all__ = [
     "ProbeResult",
     "Recommendation",
     "Trial",
+    "default_max_batch",
     "env_lines",
     "format_report",
     "format_table",
