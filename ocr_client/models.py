@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+D = TypeVar("D")
+
+
+def build(cls: type[D], data: dict[str, Any], **converted: Any) -> D:
+    """The dataclass `cls` from the JSON object's fields of the same names, `converted` ones replaced.
+
+    Fields the client does not know are ignored, so the server may add some; a missing
+    required field is a TypeError (the clients turn it into an OcrError).
+    """
+    names = {field.name for field in fields(cls)}  # type: ignore[arg-type]
+    values = {name: value for name, value in data.items() if name in names and value is not None}
+    values.update(converted)
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -18,7 +32,7 @@ class Block:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Block:
-        return cls(label=data.get("label", ""), bbox=tuple(data.get("bbox", ())), text=data.get("text", ""))
+        return build(cls, data, bbox=tuple(data["bbox"]))
 
 
 @dataclass(frozen=True)
@@ -35,15 +49,7 @@ class Page:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Page:
-        return cls(
-            page=data["page"],
-            markdown=data["markdown"],
-            blocks=tuple(Block.from_json(block) for block in data.get("blocks", ())),
-            finish_reason=data.get("finish_reason", ""),
-            truncated=bool(data.get("truncated", False)),
-            width=data.get("width"),
-            height=data.get("height"),
-        )
+        return build(cls, data, blocks=tuple(Block.from_json(block) for block in data["blocks"]))
 
 
 @dataclass(frozen=True)
@@ -80,20 +86,12 @@ class Task:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
-        progress = data.get("progress") or {}
-        return cls(
-            task_id=data["task_id"],
-            status=data["status"],
-            created_at=data.get("created_at", 0.0),
-            updated_at=data.get("updated_at", 0.0),
-            progress=Progress(progress.get("pages_done", 0), progress.get("pages_total", 0)),
-            result=data.get("result"),
-            error=data.get("error"),
-            url=data.get("url"),
+        return build(
+            cls,
+            data,
+            progress=build(Progress, data["progress"]),
             pages=tuple(Page.from_json(page) for page in data.get("pages") or ()),
             warnings=tuple(data.get("warnings") or ()),
-            queue_position=data.get("queue_position"),
-            estimated_wait_s=data.get("estimated_wait_s"),
         )
 
 
@@ -110,14 +108,7 @@ class TaskProgress:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskProgress:
-        return cls(
-            task_id=data["task_id"],
-            status=data["status"],
-            pages_done=data.get("pages_done", 0),
-            pages_total=data.get("pages_total", 0),
-            queue_position=data.get("queue_position"),
-            estimated_wait_s=data.get("estimated_wait_s"),
-        )
+        return build(cls, data)
 
 
 @dataclass(frozen=True)
@@ -151,15 +142,4 @@ class Batch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Batch:
-        counts = {name: data.get(name, 0) for name in ("total", "completed", "failed", "pending", "processing", "cancelled")}
-        return cls(
-            batch_task_id=data["batch_task_id"],
-            status=data["status"],
-            results=tuple(
-                BatchItem(item["url"], item["task_id"], item["status"], item.get("result"), item.get("error"))
-                for item in data.get("results", ())
-            ),
-            created_at=data.get("created_at", 0.0),
-            updated_at=data.get("updated_at", 0.0),
-            **counts,
-        )
+        return build(cls, data, results=tuple(build(BatchItem, item) for item in data["results"]))

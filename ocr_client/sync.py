@@ -19,10 +19,10 @@ T = TypeVar("T")
 
 
 class OcrClient(ClientBase):
-    """Blocking client. Use it as a context manager, or call `close()`.
+    """Blocking client. Use it as a context manager, or call `close()`:
 
-    >>> with OcrClient("http://localhost:8000") as client:
-    ...     print(client.ocr("scan.pdf").result)
+        with OcrClient("http://localhost:8000") as client:
+            print(client.ocr("scan.pdf").result)
     """
 
     _http: httpx.Client

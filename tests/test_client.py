@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -37,6 +37,7 @@ from ocr_client import (
 )
 from tests.client_helpers import fake_service, metric, page_digest, page_png, queue_full_rejections
 from tests.helpers import ServiceProcess, file_server, free_port, solid_image
+from tests.helpers import _serve as serve
 
 NO_RETRY = RetryPolicy(max_wait=0)
 
@@ -340,14 +341,8 @@ def recorded_stream(task: dict, abrupt: bool) -> Iterator[tuple[str, list[str | 
             self.wfile.flush()
             self.close_connection = True
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", resumed_from
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Handler) as base:
+        yield base, resumed_from
 
 
 @pytest.fixture(scope="module")
