@@ -140,7 +140,8 @@ class Run:
 
 async def check_service(args: argparse.Namespace) -> str | None:
     """Why the service cannot be used (unreachable, a wrong key), or None: said once, up front."""
-    async with AsyncOcrClient(args.server, args.api_key, retry=RetryPolicy(max_wait=min(PREFLIGHT_WAIT, args.retry_wait))) as client:
+    retry = RetryPolicy(max_wait=min(PREFLIGHT_WAIT, args.retry_wait))
+    async with AsyncOcrClient(args.server, args.api_key, retry=retry) as client:
         try:
             await client.stats()
         except OcrError as exc:
