@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-WINDOW_PAGES = 128  # recent pages the rate is measured over
+WINDOW_PAGES = 64  # recent pages the rate is measured over
 
 
 class ThroughputMeter:
