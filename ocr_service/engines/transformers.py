@@ -16,11 +16,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ocr_service.deepseek import TABLE_CELL_TOKENS, banned_ngram_tokens, uses_random_weights, with_image_tag
+from ocr_service.deepseek import (
+    DEFAULT_PROMPT,
+    TABLE_CELL_TOKENS,
+    banned_ngram_tokens,
+    uses_random_weights,
+    with_image_tag,
+)
 from ocr_service.engines.base import (
     BatchEngine,
     DecodedPage,
@@ -28,7 +35,9 @@ from ocr_service.engines.base import (
     EngineOutOfMemory,
     PageOutcome,
     PageOutput,
+    PageRequest,
 )
+from ocr_service.engines.sample_page import render_test_page
 from ocr_service.engines.torch_support import install_torchvision_import_fix, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -68,6 +77,10 @@ class TransformersOptions:
     window_size: int
     # Generate every page to its max_tokens whatever the model says (benchmarks).
     ignore_eos: bool = False
+    # A batch of this many sample pages runs at load, on the threads that serve: the first
+    # batch of a new size (or on a new thread) is several times slower than the next.
+    warmup_batch: int = 0
+    warmup_tokens: int = 32
 
 
 def check_resolution_mode(mode: str) -> ViewSize:
@@ -80,6 +93,14 @@ def check_resolution_mode(mode: str) -> ViewSize:
         )
     return RESOLUTION_MODES[mode]
 
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch's processor inputs (for the pages that could be read) and the others' errors by index."""
+
+    inputs: Any
+    failures: dict[int, Exception]
 
 
 def finish_row(generated: Sequence[int], eos_id: int, max_tokens: int) -> tuple[list[int], str]:
@@ -168,6 +189,20 @@ class TransformersEngine(BatchEngine):
             self._dtype,
             self.options.resolution_mode,
         )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run one batch of the configured size through both of the engine's threads."""
+        size, tokens = self.options.warmup_batch, self.options.warmup_tokens
+        if not size or not tokens:
+            return
+        started = time.perf_counter()
+        page = render_test_page()
+        pages = [PageRequest.of_image(page, DEFAULT_PROMPT, 0.0, tokens) for _ in range(size)]
+        prepare, model = self._threads()
+        prepared = prepare.submit(self._prepare_batch, pages).result()
+        model.submit(self._predict_batch, prepared).result()
+        logger.info("warmed up with a batch of %d pages in %.1f s", size, time.perf_counter() - started)
 
     def close(self) -> None:
         self._model = None
@@ -197,35 +232,14 @@ class TransformersEngine(BatchEngine):
     # -- inference --------------------------------------------------------------
 
     def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
-        """Prepare each page, generate the good ones together."""
-        if self._model is None:
-            raise EngineError("the transformers engine is not loaded")
-        mode = self.options.resolution_mode
-        outcomes: list[PageOutcome | None] = [None] * len(pages)
-        inputs = self._prepare(pages, outcomes)
-        ready = [i for i, o in enumerate(outcomes) if o is None]
-        if not ready:
-            return [o for o in outcomes if o is not None]
-        out_of_memory = ""
-        try:
-            rows = self._generate(inputs, [pages[i] for i in ready])
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            out_of_memory = f"{len(ready)} pages at {mode}: {exc}"
-        if out_of_memory:
-            # Only now, outside the except block, are the torch error and its traceback (whose
-            # frames hold the failed batch's activations) gone, so the cache can really be
-            # emptied; and the error we raise carries no cause that would pin them again.
-            del inputs
-            self.free_memory()
-            raise EngineOutOfMemory(out_of_memory)
-        for i, outcome in zip(ready, rows, strict=True):
-            outcomes[i] = outcome
-        return [o if o is not None else EngineError("no outcome") for o in outcomes]
+        return self.predict_prepared(pages, self.prepare(pages))
 
-    def _prepare(self, pages: Sequence[DecodedPage], outcomes: list[PageOutcome | None]) -> Any:
-        """Processor inputs for the pages that can be prepared; failures go to `outcomes`."""
+    def prepare(self, pages: Sequence[DecodedPage]) -> Prepared:
+        """The image processor's inputs for the pages it can read, and the others' errors.
+
+        CPU work (resizing, tiling, normalising): it runs on the engine's preparing thread,
+        for the next batch while this one generates.
+        """
         processor = self._processor
         view = RESOLUTION_MODES[self.options.resolution_mode]
         kwargs = dict(
@@ -237,16 +251,43 @@ class TransformersEngine(BatchEngine):
         )
         texts = [with_image_tag(p.prompt) for p in pages]
         with contextlib.suppress(Exception):  # else find the page(s) at fault, then prepare the rest together
-            return processor(images=[p.image for p in pages], text=texts, **kwargs)
+            return Prepared(processor(images=[p.image for p in pages], text=texts, **kwargs), {})
+        failures: dict[int, Exception] = {}
         for i, page in enumerate(pages):
             try:
                 processor(images=[page.image], text=[texts[i]], **kwargs)
             except Exception as exc:  # noqa: BLE001 - this page's own outcome
-                outcomes[i] = EngineError(f"could not prepare the page for DeepSeek-OCR-2: {exc}")
-        ok = [i for i, o in enumerate(outcomes) if o is None]
-        if not ok:
-            return None
-        return processor(images=[pages[i].image for i in ok], text=[texts[i] for i in ok], **kwargs)
+                failures[i] = EngineError(f"could not prepare the page for DeepSeek-OCR-2: {exc}")
+        ok = [i for i in range(len(pages)) if i not in failures]
+        inputs = processor(images=[pages[i].image for i in ok], text=[texts[i] for i in ok], **kwargs) if ok else None
+        return Prepared(inputs, failures)
+
+    def predict_prepared(self, pages: Sequence[DecodedPage], inputs: Any) -> list[PageOutcome]:
+        """Generate the prepared pages together; each page that could not be prepared fails alone."""
+        if self._model is None:
+            raise EngineError("the transformers engine is not loaded")
+        prepared: Prepared = inputs
+        outcomes: list[PageOutcome | None] = [prepared.failures.get(i) for i in range(len(pages))]
+        ready = [i for i, o in enumerate(outcomes) if o is None]
+        if not ready:
+            return [o for o in outcomes if o is not None]
+        out_of_memory = ""
+        try:
+            rows = self._generate(prepared.inputs, [pages[i] for i in ready])
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = f"{len(ready)} pages at {self.options.resolution_mode}: {exc}"
+        if out_of_memory:
+            # Only now, outside the except block, are the torch error and its traceback (whose
+            # frames hold the failed batch's activations) gone, so the cache can really be
+            # emptied; and the error we raise carries no cause that would pin them again.
+            del prepared, inputs
+            self.free_memory()
+            raise EngineOutOfMemory(out_of_memory)
+        for i, outcome in zip(ready, rows, strict=True):
+            outcomes[i] = outcome
+        return [o if o is not None else EngineError("no outcome") for o in outcomes]
 
     def _generate(self, inputs: Any, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         torch = self._torch
