@@ -6,9 +6,10 @@ has waited `timeout` seconds (the clock starts at that page's arrival). Under th
 for companions only pays while the engine is busy, and while it is busy the queue
 grows by itself. `flush_delay` is that rule, alone.
 
-While the engine is full, the pages that will make the next batch are hinted to an
-engine that can prepare them ahead (`Prefetching`): they stay in the queue, so they can
-still be cancelled and keep their place; only the engine's work on them is speculative.
+While pages wait (the engine is full, or a batch waits for companions), the ones that
+will make the next batch are hinted to an engine that can prepare them ahead
+(`Prefetching`): they stay in the queue, so they can still be cancelled and keep their
+place; only the engine's work on them is speculative.
 
 Each page keeps its own request. The batcher reports every page's outcome to a
 `PageSink` (the ledger) the moment the engine returns it, and frees that page's slot
@@ -184,8 +185,7 @@ class Batcher:
                     self._launch(self.queue.take(room))
                     await asyncio.sleep(0)  # the batch reaches its engine before the next one is hinted
                     continue
-                if room <= 0:
-                    self._hint_next_batch()
+                self._hint_next_batch()
                 await self._sleep_until_woken(None if room <= 0 else delay)
         finally:
             for batch in self._batches:
@@ -207,8 +207,8 @@ class Batcher:
         return max(0, min(self.cap.value, self.cap.value * self._instances - len(self._in_flight)))
 
     def _hint_next_batch(self) -> None:
-        """Let the engine prepare the next batch while it is busy, once there is a full one."""
-        if self._prefetcher is not None and len(self.queue) >= self.cap.value:
+        """Let the engine prepare the pages that will make the next batch while they wait."""
+        if self._prefetcher is not None and len(self.queue):
             self._prefetcher.prefetch([job.request for job in self.queue.peek(self.cap.value)])
 
     def _raise_if_crashed(self) -> None:

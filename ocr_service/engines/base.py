@@ -167,117 +167,109 @@ class MemoryProbe(Protocol):
 
 @runtime_checkable
 class Prefetching(Protocol):
-    """An engine that can prepare pages it is likely to get next (the batcher's hint)."""
+    """An engine that can prepare pages it is likely to get soon (the batcher's hint)."""
 
     def prefetch(self, pages: Sequence[PageRequest]) -> None:
-        """Start preparing `pages`, which will probably be the next batch. A hint only:
+        """Start preparing `pages`, which will probably be in the next batch. A hint only:
         the next batch may differ, and pages hinted may never come (cancelled)."""
         ...
 
 
-@dataclass
-class _Prepared:
-    """A batch ready for the model: each page decoded (or its error), and `prepare`'s inputs."""
+@dataclass(frozen=True)
+class _Ready:
+    """One page prepared for the model: decoded (or its error), and `prepare_page`'s inputs."""
 
-    decoded: list[DecodedPage | Exception]
+    page: DecodedPage | Exception
     inputs: Any = None
-    error: Exception | None = None  # what `prepare` raised, if it did
 
 
 class BatchEngine:
     """Base for engines whose model runs one synchronous batch at a time.
 
-    Subclasses implement `predict` (and, where the model needs CPU-side inputs, `prepare`
-    and `predict_prepared`). A batch goes through two threads of the engine's own: one
-    decodes its pages and runs `prepare`, the other runs the model. Each is always the
-    same thread, so per-thread state of the libraries underneath (CUDA handles, CPU
-    thread pools) is made once. While one batch runs on the model thread, `prefetch`
-    prepares the next on the other, so the model does not wait between batches for
-    decoding and image processing; a hint that does not match the next batch is dropped.
+    Subclasses implement `predict` (and, where the model needs CPU-side inputs per page,
+    `prepare_page` and `predict_prepared`). Pages are prepared (decoded, then
+    `prepare_page`) one by one on a small pool of threads, and the batch runs on the
+    engine's model thread, always the same one, so per-thread state of the libraries
+    underneath (CUDA handles, CPU thread pools) is made once. `prefetch` starts preparing
+    pages as soon as the batcher sees them coming, so the model does not wait between
+    batches for decoding and image processing; a hinted page that never comes is dropped.
     """
 
     name: ClassVar[str] = "batch"
     max_batches_in_flight: ClassVar[int | None] = 1
+    prepare_threads: ClassVar[int] = 4
     _model_thread: ThreadPoolExecutor | None = None
-    _prep_thread: ThreadPoolExecutor | None = None
-    _prefetched: tuple[tuple[str, ...], Future[_Prepared]] | None = None
+    _prep_threads: ThreadPoolExecutor | None = None
+    _hinted: dict[str, Future[_Ready]] | None = None  # by page key, the latest hint only
 
     def load(self) -> None:
         pass
 
     def close(self) -> None:
-        for pool in (self._prep_thread, self._model_thread):
+        for pool in (self._prep_threads, self._model_thread):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self._prep_thread = self._model_thread = None
-        self._prefetched = None
+        self._prep_threads = self._model_thread = None
+        self._hinted = None
 
-    def prepare(self, pages: Sequence[DecodedPage]) -> Any:
-        """CPU-side model inputs for a batch (an image processor's tensors); None by default."""
+    def prepare_page(self, page: DecodedPage) -> Any:
+        """CPU-side model inputs for one page (an image processor's tensors); None by default."""
         return None
 
     def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         raise NotImplementedError
 
-    def predict_prepared(self, pages: Sequence[DecodedPage], inputs: Any) -> list[PageOutcome]:
-        """Run the model on a prepared batch; engines without a `prepare` step just predict."""
+    def predict_prepared(self, pages: Sequence[DecodedPage], inputs: Sequence[Any]) -> list[PageOutcome]:
+        """Run the model on prepared pages (`inputs[i]` is page i's, or the exception that
+        preparing it raised); engines without a `prepare_page` step just predict."""
         return self.predict(pages)
 
     def prefetch(self, pages: Sequence[PageRequest]) -> None:
-        keys = _keys(pages)
-        if keys is None or (self._prefetched is not None and self._prefetched[0] == keys):
-            return
-        if self._prefetched is not None:
-            self._prefetched[1].cancel()  # an older hint not started yet is dropped
-        self._prefetched = (keys, self._threads()[0].submit(self._prepare_batch, pages))
+        hinted = self._hinted if self._hinted is not None else {}
+        keys = {page.key for page in pages if page.key}
+        for key in [key for key in hinted if key not in keys]:
+            hinted.pop(key).cancel()  # no longer expected next: dropped if not started
+        prep = self._threads()[0]
+        for page in pages:
+            if page.key and page.key not in hinted:
+                hinted[page.key] = prep.submit(self._prepare, page)
+        self._hinted = hinted
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
-        prep_thread, model_thread = self._threads()
-        keys = _keys(pages)
-        hinted, self._prefetched = self._prefetched, None
-        if hinted is not None and keys is not None and hinted[0] == keys and not hinted[1].cancelled():
-            prepared = await asyncio.wrap_future(hinted[1])
-        else:
-            if hinted is not None:
-                hinted[1].cancel()
-            prepared = await asyncio.get_running_loop().run_in_executor(prep_thread, self._prepare_batch, pages)
-        outcomes = await asyncio.get_running_loop().run_in_executor(model_thread, self._predict_batch, prepared)
+        prep, model = self._threads()
+        hinted = self._hinted if self._hinted is not None else {}
+        futures = [hinted.pop(page.key) if page.key in hinted else prep.submit(self._prepare, page) for page in pages]
+        ready = [await asyncio.wrap_future(future) for future in futures]
+        outcomes = await asyncio.get_running_loop().run_in_executor(model, self._predict_ready, ready)
         for index, outcome in enumerate(outcomes):
             yield index, outcome
 
     def _threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        if self._prep_thread is None or self._model_thread is None:
-            self._prep_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-prepare")
+        if self._prep_threads is None or self._model_thread is None:
+            self._prep_threads = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix=f"{self.name}-prepare")
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
-        return self._prep_thread, self._model_thread
+        return self._prep_threads, self._model_thread
 
-    def _prepare_batch(self, pages: Sequence[PageRequest]) -> _Prepared:
-        prepared = _Prepared([decode(page) for page in pages])
-        ready = [page for page in prepared.decoded if isinstance(page, DecodedPage)]
-        if ready:
-            try:
-                prepared.inputs = self.prepare(ready)
-            except Exception as exc:  # noqa: BLE001 - raised again on the model thread, in order
-                prepared.error = exc
-        return prepared
+    def _prepare(self, request: PageRequest) -> _Ready:
+        page = decode(request)
+        if isinstance(page, Exception):
+            return _Ready(page)
+        try:
+            return _Ready(page, self.prepare_page(page))
+        except Exception as exc:  # noqa: BLE001 - this page's own outcome
+            return _Ready(page, exc)
 
-    def _predict_batch(self, prepared: _Prepared) -> list[PageOutcome]:
-        decoded = prepared.decoded
-        ready = [(i, page) for i, page in enumerate(decoded) if isinstance(page, DecodedPage)]
-        outcomes: list[PageOutcome] = [page if isinstance(page, Exception) else EngineError("no outcome") for page in decoded]
-        if not ready:
+    def _predict_ready(self, ready: Sequence[_Ready]) -> list[PageOutcome]:
+        good = [(i, item) for i, item in enumerate(ready) if isinstance(item.page, DecodedPage)]
+        outcomes: list[PageOutcome] = [
+            item.page if isinstance(item.page, Exception) else EngineError("no outcome") for item in ready
+        ]
+        if not good:
             return outcomes
-        if prepared.error is not None:
-            raise prepared.error
-        predicted = self.predict_prepared([page for _, page in ready], prepared.inputs)
-        if len(predicted) != len(ready):
-            raise EngineError(f"{self.name} returned {len(predicted)} outcomes for {len(ready)} pages")
-        for (i, page), outcome in zip(ready, predicted, strict=True):
+        pages = [item.page for _, item in good if isinstance(item.page, DecodedPage)]
+        predicted = self.predict_prepared(pages, [item.inputs for _, item in good])
+        if len(predicted) != len(good):
+            raise EngineError(f"{self.name} returned {len(predicted)} outcomes for {len(good)} pages")
+        for (i, _), page, outcome in zip(good, pages, predicted, strict=True):
             outcomes[i] = with_size(outcome, page.image)
         return outcomes
-
-
-def _keys(pages: Sequence[PageRequest]) -> tuple[str, ...] | None:
-    """The batch's identity for matching a hint, or None if a page has no key."""
-    keys = tuple(page.key for page in pages)
-    return keys if all(keys) else None
