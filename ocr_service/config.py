@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # GPUs to use, e.g. "0,1"; empty = CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists.
     devices: str = Field("", validation_alias=AliasChoices("OCR_DEVICES", "CUDA_VISIBLE_DEVICES"))
     warmup_tokens: int = Field(32, ge=0)  # tokens a page of the warm-up batch generates (0 = no warm-up)
+    ignore_eos: bool = False  # benchmarks: every page generates exactly its max_tokens (GPU engines)
 
     # Batching and admission
     batch_size: int = Field(8, ge=1, le=1024)

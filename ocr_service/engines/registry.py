@@ -59,6 +59,7 @@ def _transformers(settings: Settings) -> Engine:
             resolution_mode=settings.resolution_mode,
             ngram_size=settings.ngram_size,
             window_size=settings.window_size,
+            ignore_eos=settings.ignore_eos,
             warmup_batch=settings.batch_size if settings.warmup_tokens else 0,
             warmup_tokens=settings.warmup_tokens,
         )
