@@ -30,7 +30,9 @@ from ocr_service.core.intake import Defaults, Intake
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
 from ocr_service.core.queue import PageQueue
-from ocr_service.core.store import MemoryTaskStore
+from ocr_service.core.redis_store import RedisTaskStore
+from ocr_service.core.sqlite_store import SqliteTaskStore
+from ocr_service.core.store import MemoryTaskStore, TaskStore
 from ocr_service.core.supervisor import Supervisor
 from ocr_service.documents import DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
@@ -49,9 +51,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         the_engine = engine if engine is not None else build_engine(settings)
         logger.info("loading engine %s", the_engine.name)
         await asyncio.to_thread(the_engine.load)
+        store = build_store(settings)
         queue = PageQueue()
         ledger = WorkLedger(
-            MemoryTaskStore(ttl=settings.task_ttl),
+            store,
             queue,
             limit=settings.max_queue_size,
             max_stored=settings.max_stored_tasks,
@@ -69,7 +72,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         )
         fetcher = UrlFetcher(fetch_policy(settings))
         intake = Intake(ledger, fetcher, document_limits(settings))
-        supervisor = Supervisor(ledger, batcher)
+        await store.open(take_over=intake.resume)
+        restored = await store.restore()
+        ledger.count_kept(restored.finished)
+        await intake.resume(restored.unfinished)
+        supervisor = Supervisor(ledger, batcher, keep_unfinished=store.keeps_work)
         services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor)
         state.metrics.watch(services.status)
         supervisor.start()
@@ -84,6 +91,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             await asyncio.gather(cleanup, return_exceptions=True)
             await intake.aclose()
             await fetcher.aclose()
+            await store.aclose()
             await asyncio.to_thread(the_engine.close)
 
     app = FastAPI(
@@ -115,6 +123,14 @@ async def drain(app: FastAPI, grace: float) -> None:
     services = state_of(app).services
     if services is not None:
         await services.supervisor.shutdown(grace)
+
+
+def build_store(settings: Settings) -> TaskStore:
+    if settings.store == "sqlite":
+        return SqliteTaskStore(settings.store_path, ttl=settings.task_ttl)
+    if settings.store == "redis":
+        return RedisTaskStore(settings.redis_url, ttl=settings.task_ttl, front=settings.front_name)
+    return MemoryTaskStore(ttl=settings.task_ttl)
 
 
 def api_config(settings: Settings) -> ApiConfig:

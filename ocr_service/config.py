@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 
 from limits import parse_many
@@ -48,7 +49,12 @@ class Settings(BaseSettings):
     max_batch_urls: int = Field(100, ge=1)
     sync_timeout: float = Field(300, gt=0)  # POST /ocr_batch answers 504 (with task ids) past this
 
-    # Task store
+    # Task store: memory (nothing survives a restart), sqlite (one service keeps its tasks and
+    # waiting work through restarts) or redis (several fronts share tasks)
+    store: Literal["memory", "sqlite", "redis"] = "memory"
+    store_path: str = "ocr-tasks.sqlite3"  # the SQLite file
+    redis_url: str = "redis://localhost:6379/0"
+    front_id: str = ""  # this front's name in Redis; empty = host name and port
     task_ttl: float = Field(3600, gt=0)
     cleanup_interval: float = Field(300, gt=0)
     max_stored_tasks: int = Field(100_000, ge=1)  # tasks held (waiting, running, finished within the TTL)
@@ -137,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def url_allowed_host_set(self) -> frozenset[str]:
         return frozenset(host.strip().lower() for host in self.url_allowed_hosts.split(",") if host.strip())
+
+    @property
+    def front_name(self) -> str:
+        return self.front_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def trusted_proxy_list(self) -> str:

@@ -32,7 +32,8 @@ def pdf(pages: int) -> bytes:
 
 async def admitted(book: WorkLedger, data: bytes | None = None) -> Task:
     task = Task(PARAMS)
-    await book.admit_document(task, open_document(data or encode(solid_image(1)), LIMITS))
+    data = data or encode(solid_image(1))
+    await book.admit_document(task, open_document(data, LIMITS), data)
     return task
 
 
@@ -63,7 +64,7 @@ async def test_a_url_holds_one_place_until_its_document_arrives() -> None:
     task = Task(PARAMS, url="http://x.test/a.pdf")
     await book.admit_pending([task])
     assert book.waiting == 1 and len(book.queue) == 0
-    book.document_arrived(task, open_document(pdf(3), LIMITS))
+    await book.document_arrived(task, open_document(pdf(3), LIMITS), pdf(3))
     assert book.waiting == 3 and len(book.queue) == 3
 
 
@@ -110,7 +111,8 @@ async def test_ending_a_pending_url_stops_its_download_and_frees_its_place() -> 
     book.on_end(task, lambda: stopped.append(task.id))
     book.cancel(task)
     assert stopped == [task.id] and task.status is TaskStatus.CANCELLED and book.waiting == 0
-    book.document_arrived(task, open_document(encode(solid_image(1)), LIMITS))  # too late: ignored
+    late = encode(solid_image(1))
+    await book.document_arrived(task, open_document(late, LIMITS), late)  # too late: ignored
     assert len(book.queue) == 0
     await admitted(book)  # the place is free again
 
@@ -202,7 +204,8 @@ async def test_batch_items_expire_with_their_batch_and_counts_follow() -> None:
 async def test_other_owners_see_nothing() -> None:
     book = ledger()
     task = Task(PARAMS, owner="alpha")
-    await book.admit_document(task, open_document(encode(solid_image(1)), LIMITS))
+    data = encode(solid_image(1))
+    await book.admit_document(task, open_document(data, LIMITS), data)
     assert await book.get_task(task.id, "alpha") is task
     assert await book.get_task(task.id, "beta") is None
     assert await book.get_task(task.id) is None

@@ -162,7 +162,7 @@ async def cancel_batch(batch_task_id: str, service: Running, owner: Owner) -> Ba
     batch = await service.ledger.get_batch(batch_task_id, owner)
     if batch is None:
         raise HTTPException(404, BATCH_NOT_FOUND.format(batch_task_id))
-    service.ledger.cancel_batch(batch)
+    await service.ledger.cancel_batch(batch)
     return BatchView.of(batch)
 
 
@@ -177,8 +177,9 @@ async def get_task(
     task = await ledger.get_task(task_id, owner)
     if task is None:
         raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
-    if wait:
+    if wait and not task.status.terminal:
         await ledger.wait_for([task], wait)
+        task = await ledger.get_task(task_id, owner) or task  # another front's task: read it again
     return TaskView.of(task, ledger.queue_position(task), ledger.estimated_wait(task))
 
 
@@ -194,8 +195,7 @@ async def cancel_task(task_id: str, service: Running, owner: Owner) -> TaskView:
     task = await service.ledger.get_task(task_id, owner)
     if task is None:
         raise HTTPException(404, TASK_NOT_FOUND.format(task_id))
-    service.ledger.cancel(task)
-    return TaskView.of(task)
+    return TaskView.of(await service.ledger.cancel_anywhere(task))
 
 
 @router.get("/stats", response_model=ServiceStatus)

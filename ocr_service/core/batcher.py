@@ -161,7 +161,13 @@ class Batcher:
         self._batches: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._crash: BaseException | None = None
+        self._paused = False
         queue.on_arrival(self.wake)
+
+    def pause(self) -> None:
+        """Start no new batch (shutdown); the ones in the engine run on."""
+        self._paused = True
+        self.wake()
 
     def wake(self) -> None:
         """Look at the queue again (pages arrived, a slot was freed, time passed)."""
@@ -172,6 +178,9 @@ class Batcher:
         try:
             while True:
                 self._raise_if_crashed()
+                if self._paused:
+                    await self._sleep_until_woken(None)
+                    continue
                 room = self._room()
                 delay = flush_delay(
                     self.policy,

@@ -89,7 +89,7 @@ class Intake:
         self.ledger.check_room(caller.client)  # before the work of opening it
         document = await asyncio.to_thread(open_document, data, self.limits)
         task = Task(params, owner=caller.owner, client=caller.client)
-        await self.ledger.admit_document(task, document)
+        await self.ledger.admit_document(task, document, data)
         return task
 
     async def submit_url(self, url: str, params: OcrParams, caller: Caller) -> Task:
@@ -151,12 +151,32 @@ class Intake:
             if task.required_kind is not None and document.kind != task.required_kind:
                 self.ledger.fail(task, f"Provided file is not a {task.required_kind.upper()}: {url}")
                 return
-            self.ledger.document_arrived(task, document)
+            await self.ledger.document_arrived(task, document, data)
         except (FetchError, DocumentError) as exc:
             self.ledger.fail(task, f"{task.url}: {exc}")
         except Exception as exc:
             logger.exception("download of %s failed", task.url)
             self.ledger.fail(task, f"{task.url}: could not fetch the document ({type(exc).__name__})")
+
+    async def resume(self, work: Sequence[tuple[Task, bytes | None]]) -> None:
+        """Take back the work the service had not finished when it stopped (a store that keeps
+        it: SQLite, Redis). Kept bytes are opened again; a URL whose bytes were not kept yet
+        is fetched again; an upload whose bytes are lost fails, saying so."""
+        for task, data in work:
+            if data is not None:
+                try:
+                    document = await asyncio.to_thread(open_document, data, self.limits)
+                except DocumentError as exc:
+                    self.ledger.resume(task, None)
+                    self.ledger.fail(task, f"its document could not be opened again after a restart: {exc}")
+                    continue
+                self.ledger.resume(task, document)
+            elif task.url:
+                self.ledger.resume(task, None)
+                self._start_download(task)
+            else:
+                self.ledger.resume(task, None)
+                self.ledger.fail(task, "the service restarted before this upload's bytes were kept; submit it again")
 
     async def aclose(self) -> None:
         downloads = list(self._downloads.values())

@@ -19,6 +19,7 @@ Finished tasks are kept for the store's TTL, so the tasks held are bounded too: 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from dataclasses import replace
 from ocr_service.core.batcher import PageSink
 from ocr_service.core.estimates import ThroughputMeter
 from ocr_service.core.queue import PageJob, PageQueue
-from ocr_service.core.store import TaskStore
+from ocr_service.core.store import Dropped, TaskStore
 from ocr_service.core.tasks import BatchJob, Task, TaskStatus
 from ocr_service.documents import Document, PageRef
 from ocr_service.engines.base import PageOutcome, PageRequest
@@ -90,6 +91,7 @@ class WorkLedger(PageSink):
         self._on_end: dict[str, Callable[[], None]] = {}  # what to stop when a task ends
         self._live: dict[str, Task] = {}  # unfinished tasks
         self._refusal: QueueFull | None = None  # set once the service stops admitting
+        store.on_cancel_request(self._cancel_requested)
 
     # -- admission ---------------------------------------------------------------
 
@@ -121,10 +123,10 @@ class WorkLedger(PageSink):
                 "after OCR_TASK_TTL",
             )
 
-    async def admit_document(self, task: Task, document: Document) -> None:
+    async def admit_document(self, task: Task, document: Document, data: bytes) -> None:
         """Admit a task whose document is open: its pages join the queue."""
         await self.admit_pending([task])
-        self.document_arrived(task, document)
+        await self.document_arrived(task, document, data)
 
     async def admit_pending(self, tasks: Sequence[Task], batch: BatchJob | None = None) -> None:
         """Admit tasks whose documents are still to come (URLs); each holds one place."""
@@ -141,11 +143,34 @@ class WorkLedger(PageSink):
             for task in tasks:
                 await self.store.add(task)
 
-    def document_arrived(self, task: Task, document: Document) -> None:
-        """A pending task's document is open: its place becomes its pages."""
+    async def document_arrived(self, task: Task, document: Document, data: bytes) -> None:
+        """A pending task's document is open: its place becomes its pages (its bytes are kept
+        first, where the store can keep them, so the work survives a restart)."""
         if task.status.terminal:
             return
+        await self.store.keep_document(task, data)
+        if task.status.terminal:  # cancelled meanwhile
+            return
         self._reserved.discard(task.id)
+        task.set_document(document)
+        self._queue_pages(task, document)
+
+    def count_kept(self, finished: Sequence[Dropped]) -> None:
+        """Count the finished tasks a store kept through a restart (they expire as usual)."""
+        for task in finished:
+            self.counts[task.status] += 1
+            self._held_by_client[task.client] += 1
+
+    def resume(self, task: Task, document: Document | None) -> None:
+        """Take back a task the service had not finished when it stopped: its pages not done
+        are queued again (or, without a document, it waits for one like a new URL task)."""
+        self._live[task.id] = task
+        self.counts[task.status] += 1
+        self._held_by_client[task.client] += 1
+        if document is None:
+            self._reserved.add(task.id)
+            return
+        task.document = document
         self._queue_pages(task, document)
 
     def on_end(self, task: Task, stop: Callable[[], None]) -> None:
@@ -157,7 +182,7 @@ class WorkLedger(PageSink):
         self._refusal = QueueFull(max(1, retry_after), reason, detail)
 
     def _queue_pages(self, task: Task, document: Document) -> None:
-        task.set_document(document)
+        """Queue the task's pages that are not done yet."""
         self.store.save(task)
         now = self.clock()
         self.queue.put(
@@ -173,7 +198,8 @@ class WorkLedger(PageSink):
                 ),
                 now,
             )
-            for index in range(document.page_count)
+            for index, page in enumerate(task.pages)
+            if page is None
         )
         self._note_busy()
 
@@ -238,11 +264,29 @@ class WorkLedger(PageSink):
             )
         self._end(task, TaskStatus.CANCELLED)
 
-    def cancel_batch(self, batch: BatchJob) -> None:
+    async def cancel_anywhere(self, task: Task, timeout: float = 10) -> Task:
+        """Cancel a task wherever it runs: here, or (a shared store) on the front that holds
+        it, asked through the store; returns the task as it is then."""
+        live = self._live.get(task.id)
+        if live is not None or task.status.terminal:
+            self.cancel(live or task)
+            return live or task
+        await self.store.request_cancel(task.id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.store.wait_ended(task.id)
+        return await self.store.get(task.id) or task
+
+    async def cancel_batch(self, batch: BatchJob) -> None:
         """Cancel every unfinished item of a batch; finished ones are left as they are."""
         for task in batch.tasks:
             if not task.status.terminal:
-                self.cancel(task)
+                await self.cancel_anywhere(task)
+
+    def _cancel_requested(self, task_id: str) -> None:
+        task = self._live.get(task_id)
+        if task is not None:
+            self.cancel(task)
 
     def fail_unfinished(self, reason: str, *, waiting_only: bool = False) -> int:
         """Fail every unfinished task (or only the waiting ones) with `reason`; return how many."""
@@ -276,21 +320,28 @@ class WorkLedger(PageSink):
     # -- reading -----------------------------------------------------------------
 
     async def get_task(self, task_id: str, owner: str | None = None) -> Task | None:
-        """The task, if it exists and belongs to `owner` (others see nothing)."""
-        task = await self.store.get(task_id)
+        """The task, if it exists and belongs to `owner` (others see nothing): the live one
+        while it runs here, else the store's record."""
+        task = self._live.get(task_id) or await self.store.get(task_id)
         return task if task is not None and task.owner == owner else None
 
     async def get_batch(self, batch_id: str, owner: str | None = None) -> BatchJob | None:
         batch = await self.store.get_batch(batch_id)
-        return batch if batch is not None and batch.owner == owner else None
+        if batch is None or batch.owner != owner:
+            return None
+        batch.tasks = [self._live.get(task.id, task) for task in batch.tasks]
+        return batch
 
-    @staticmethod
-    async def wait_for(tasks: Sequence[Task], timeout: float) -> bool:
+    async def wait_for(self, tasks: Sequence[Task], timeout: float) -> bool:
         """Wait up to `timeout` seconds for every task to end; True if they all did."""
         try:
             async with asyncio.timeout(timeout):
                 for task in tasks:
-                    await task.finished.wait()
+                    live = self._live.get(task.id)
+                    if live is not None:
+                        await live.finished.wait()
+                    elif not task.status.terminal:  # another front runs it
+                        await self.store.wait_ended(task.id)
         except TimeoutError:
             return False
         return True
@@ -312,17 +363,21 @@ class WorkLedger(PageSink):
         return None if seconds is None else round(seconds, 1)
 
     @property
+    def unfinished_count(self) -> int:
+        return len(self._live)
+
+    @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     async def expire(self, now: float | None = None) -> int:
         """Drop finished work older than the TTL from the store; return how many tasks went."""
         expired = await self.store.expire(time.time() if now is None else now)
-        for task in expired:
-            self.counts[task.status] -= 1
-            self._held_by_client[task.client] -= 1
-            if not self._held_by_client[task.client]:
-                del self._held_by_client[task.client]
+        for dropped in expired:
+            self.counts[dropped.status] -= 1
+            self._held_by_client[dropped.client] -= 1
+            if self._held_by_client[dropped.client] <= 0:
+                del self._held_by_client[dropped.client]
         self.expired += len(expired)
         return len(expired)
 

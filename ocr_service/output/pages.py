@@ -26,6 +26,7 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ocr_service.output.blocks import Block
 from ocr_service.output.grounding import (
@@ -67,6 +68,18 @@ class PageResult:
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PageResult:
+        """The page `as_dict` wrote (a stored task read back)."""
+        return cls(
+            markdown=data["markdown"],
+            blocks=[Block(b["label"], tuple(b["bbox"]), b["text"]) for b in data["blocks"]],
+            finish_reason=data["finish_reason"],
+            truncated=data["truncated"],
+            page=data.get("page"),
+            warnings=tuple(data.get("warnings", ())),
+        )
 
 
 def build_page(
