@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -32,7 +33,7 @@ from ocr_service.core.metrics import Metrics
 from ocr_service.core.queue import PageQueue
 from ocr_service.core.store import MemoryTaskStore
 from ocr_service.core.supervisor import Supervisor
-from ocr_service.documents import DocumentLimits
+from ocr_service.documents import DecoderPool, DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
 from ocr_service.engines.registry import build_engine
@@ -61,7 +62,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             observer=state.metrics,
         )
         fetcher = UrlFetcher(fetch_policy(settings))
-        intake = Intake(ledger, fetcher, document_limits(settings))
+        decoder = decoder_pool(settings)
+        await asyncio.to_thread(decoder.start)
+        intake = Intake(ledger, fetcher, document_limits(settings), decoder)
         supervisor = Supervisor(ledger, batcher)
         services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor)
         state.metrics.watch(services.status)
@@ -73,6 +76,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             yield
         finally:
             await supervisor.shutdown(settings.shutdown_grace)  # at once if a SIGTERM drain already ran
+            await asyncio.to_thread(decoder.close)
             cleanup.cancel()
             await asyncio.gather(cleanup, return_exceptions=True)
             await intake.aclose()
@@ -106,6 +110,7 @@ async def drain(app: FastAPI, grace: float) -> None:
     services = state_of(app).services
     if services is not None:
         await services.supervisor.shutdown(grace)
+        await asyncio.to_thread(services.intake.decoder.close)  # a page still drawing fails now
 
 
 def api_config(settings: Settings) -> ApiConfig:
@@ -122,6 +127,16 @@ def document_limits(settings: Settings) -> DocumentLimits:
         max_pixels=settings.max_image_pixels,
         max_pdf_pages=settings.max_pdf_pages,
         pdf_dpi=settings.pdf_dpi,
+        pdf_max_pixels=settings.pdf_max_pixels,
+    )
+
+
+def decoder_pool(settings: Settings) -> DecoderPool:
+    return DecoderPool(
+        workers=settings.decode_workers,
+        timeout=settings.decode_timeout,
+        memory_mb=settings.decode_memory_mb,
+        cache_mb=max(64, math.ceil(2 * settings.max_image_size_mb)),  # two of the largest uploads
     )
 
 

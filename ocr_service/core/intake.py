@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.tasks import BatchJob, OcrParams, Task
 from ocr_service.deepseek import with_image_tag
-from ocr_service.documents import DocumentError, DocumentLimits, open_document
+from ocr_service.documents import DecoderPool, DocumentError, DocumentLimits, open_document
 from ocr_service.documents.fetch import FetchError, UrlFetcher, check_url_syntax
 
 logger = logging.getLogger(__name__)
@@ -46,17 +46,18 @@ def normalize_prompt(prompt: str) -> str:
 
 
 class Intake:
-    def __init__(self, ledger: WorkLedger, fetcher: UrlFetcher, limits: DocumentLimits) -> None:
+    def __init__(self, ledger: WorkLedger, fetcher: UrlFetcher, limits: DocumentLimits, decoder: DecoderPool) -> None:
         self.ledger = ledger
         self.fetcher = fetcher
         self.limits = limits
+        self.decoder = decoder  # opens documents and draws their pages in child processes
         self._downloads: dict[str, asyncio.Task[None]] = {}  # by task id
         self._download_slots = asyncio.Semaphore(MAX_CONCURRENT_DOWNLOADS)
 
     async def submit_upload(self, data: bytes, params: OcrParams, owner: str | None = None) -> Task:
         """Admit an uploaded document; DocumentError for a bad one, QueueFull when full."""
         self.ledger.check_room()  # before the work of opening it
-        document = await asyncio.to_thread(open_document, data, self.limits)
+        document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
         task = Task(params, owner=owner)
         await self.ledger.admit_document(task, document)
         return task
@@ -99,7 +100,7 @@ class Intake:
         try:
             async with self._download_slots:
                 data = await self.fetcher.fetch(task.url or "")
-            document = await asyncio.to_thread(open_document, data, self.limits)
+            document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
             self.ledger.document_arrived(task, document)
         except (FetchError, DocumentError) as exc:
             self.ledger.fail(task, f"{task.url}: {exc}")

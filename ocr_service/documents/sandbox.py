@@ -1,0 +1,397 @@
+"""The decoder pool: every pixel-touching or pdfium call runs in a child process, within budgets.
+
+Opening a document (format, page count, pixel bombs, completeness) and decoding one page
+are calls into a small pool of child processes (`decoder.py`). Each call has a time budget
+(`timeout`, OCR_DECODE_TIMEOUT, per open and per page) and each child a memory budget
+(`memory_mb`, OCR_DECODE_MEMORY_MB, its address space). A call over its time gets a
+`DocumentError` that names the setting, and its child is killed (SIGKILL) and replaced;
+a child that dies (out of memory in a codec, a segfault) fails that call alone the same
+way. A document that broke a budget once is not decoded again: its other pages fail at
+once, so a 500-page stalling PDF costs one time budget, not 500. No lock of the parent
+is held while a child works: other documents go on in the other children.
+
+Why processes: pdfium is not thread-safe and cannot be interrupted, so a page built to
+stall it (2,000 full-page fills on a 200-inch page) held the process-wide pdfium lock, and
+with it every upload and page, for as long as it liked. Killing the process is the only way
+to stop a render; a child also carries a codec crash or an allocation spree away from the
+service. The children come from multiprocessing's "forkserver": a fresh interpreter that
+imports the decoding code once and forks a child in about 5 ms, so nothing of the service
+(threads, the event loop, a model) leaks into a child, and a killed one is replaced at once.
+
+Routing: one call per child at a time. Pages of a document go to a free child that already
+holds the document's bytes, else to any free child, which is then sent them. Each child
+keeps recent documents in an LRU cache bounded in bytes (`cache_mb`) and the pool mirrors
+it, so a long PDF's bytes cross to a child once per child that draws its pages, not once
+per page (tests/test_sandbox.py counts them). Routing, not pinning: a document is never
+stuck behind another's slow page. With two or more children, pages may occupy all but
+one, so an upload is always validated at once, even while every other child draws.
+
+Cost of the trip, measured on the 2-core dev machine (bench/sandbox_overhead.py,
+bench/results/sandbox.md): a page comes back as raw RGB through a pipe, 6 MB for an A4
+page at 144 dpi (1190x1684), in about 4 ms; 48 MB for a 16 MP page (the PDF raster cap),
+in about 30 ms. An A4 page (PNG or PDF) costs about 5-6 ms more through the pool than
+drawn in-process. While it arrives, a page needs its raw bytes plus the Pillow image
+(about 7 bytes a pixel, briefly).
+
+The methods block (they wait on a child): call them from worker threads, as engines
+already do for `PageRef.load`, and as intake does with `asyncio.to_thread`. `close` kills
+the children, working or not: every waiting call fails at once with a reason, so a
+render never holds up shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+
+from PIL import Image
+
+from ocr_service.documents import decoder
+from ocr_service.documents.decoder import Failed, Lru, Missing, Open, Opened, OutOfMemory, Page, Pixels, Reply
+from ocr_service.documents.document import DocumentError, DocumentLimits
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+_CLOSED = "The service is shutting down: the document was not decoded."
+_OVER_BUDGET_IDS = 4096  # documents remembered as having broken a budget
+
+
+@dataclass(frozen=True, eq=False)
+class PooledDocument:
+    """An opened document: its bytes and page count are here, its pages are drawn in the pool."""
+
+    data: bytes = field(repr=False)
+    media_type: str
+    page_count: int
+    limits: DocumentLimits
+    pool: DecoderPool = field(repr=False)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def kind(self) -> str:
+        return "pdf" if self.media_type == "application/pdf" else "image"
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def load_page(self, index: int) -> Image.Image:
+        return self.pool.load_page(self, index)
+
+
+@dataclass
+class PoolStats:
+    """Counts since the pool started (tests and benchmarks read them)."""
+
+    opens: int = 0
+    pages: int = 0
+    sends: int = 0  # times a document's bytes went to a child (each open, and each cache miss)
+    bytes_sent: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    starts: int = 0  # children started, replacements included
+
+
+class _Worker:
+    """One child: its process and pipe, whether a call holds it, and a mirror of its cache."""
+
+    def __init__(self, cache_bytes: int) -> None:
+        self.process: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.busy = False
+        self.held: Lru[str, bool] = Lru(cache_bytes)
+
+
+class DecoderPool:
+    """A few decoding child processes; `open` and `load_page` run in them (see the module doc)."""
+
+    def __init__(self, workers: int = 2, timeout: float = 15.0, memory_mb: int = 2048, cache_mb: int = 64) -> None:
+        if workers < 1:
+            raise ValueError("a decoder pool needs at least one worker")
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.cache_bytes = cache_mb * MB
+        self.stats = PoolStats()
+        self._context = multiprocessing.get_context("forkserver")
+        # Only takes effect if the fork server is not running yet; it then imports the
+        # decoding code once, and every child forked from it starts ready.
+        self._context.set_forkserver_preload([decoder.__name__])
+        self._workers = [_Worker(self.cache_bytes) for _ in range(workers)]
+        self._lock = threading.Condition()
+        self._pages_busy = 0
+        self._closed = False
+        self._over_budget: Lru[str, bool] = Lru(_OVER_BUDGET_IDS)
+
+    # -- life -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every child now (blocking; the fork server's own start takes about a second).
+        Optional: a child is otherwise started by its first call."""
+        for worker in self._workers:
+            with self._holding(worker):
+                if worker.process is None:
+                    self._start(worker)
+
+    def close(self) -> None:
+        """Kill every child, working or not; calls in progress and to come fail with a reason."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._lock.notify_all()
+            working = [worker.process for worker in self._workers if worker.busy and worker.process is not None]
+            idle = [worker for worker in self._workers if not worker.busy]
+        for process in working:
+            process.kill()  # the thread that holds the worker sees the pipe close and reaps it
+        for worker in idle:
+            self._stop(worker)
+
+    def __enter__(self) -> DecoderPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def worker_pids(self) -> list[int | None]:
+        """The children's process ids (None for one not started)."""
+        with self._lock:
+            return [worker.process.pid if worker.process is not None else None for worker in self._workers]
+
+    # -- calls ----------------------------------------------------------------------
+
+    def open(self, data: bytes, media_type: str, limits: DocumentLimits) -> PooledDocument:
+        """Validate `data` (sniffed as `media_type`) in a child and count its pages.
+
+        Raises `DocumentError` for a bad document, one over the time budget, and when closed.
+        """
+        document_id = uuid.uuid4().hex
+        where = _name(media_type)
+        with self._worker_for(None, page=False) as worker:
+            self._count(opens=1)
+            reply, _ = self._call(worker, Open(document_id, media_type, limits), data, where, "open")
+            if isinstance(reply, Opened):
+                worker.held.put(document_id, True, len(data))
+                return PooledDocument(data, media_type, reply.page_count, limits, self, document_id)
+        raise self._error(reply, where)
+
+    def load_page(self, document: PooledDocument, index: int) -> Image.Image:
+        """Draw page `index` of `document` in a child and return it as RGB.
+
+        Raises `IndexError` outside 0..page_count-1, and `DocumentError` for a bad page, a
+        page over a budget, a page of a document that broke a budget before, and when closed.
+        """
+        if not 0 <= index < document.page_count:
+            raise IndexError(f"page {index} of {document.page_count}")
+        where = _name(document.media_type, index, document.page_count)
+        with self._lock:
+            over_budget = document.id in self._over_budget
+        if over_budget:
+            raise DocumentError(f"{where} was not decoded: this document already went over a decoding budget.")
+        with self._worker_for(document.id, page=True) as worker:
+            self._count(pages=1)
+            reply, pixels = self._page_call(worker, document, index, where, with_data=document.id not in worker.held)
+            if isinstance(reply, Missing):  # the mirror was wrong: send the bytes after all
+                reply, pixels = self._page_call(worker, document, index, where, with_data=True)
+            worker.held.put(document.id, True, document.nbytes)
+        if isinstance(reply, Pixels) and pixels is not None:
+            return Image.frombytes("RGB", (reply.width, reply.height), pixels)
+        raise self._error(reply, where)
+
+    def _page_call(
+        self, worker: _Worker, document: PooledDocument, index: int, where: str, *, with_data: bool
+    ) -> tuple[Reply, bytearray | None]:
+        request = Page(document.id, document.media_type, document.page_count, document.limits, index, with_data)
+        try:
+            return self._call(worker, request, document.data if with_data else None, where, "decode")
+        except DocumentError:
+            with self._lock:
+                if not self._closed:
+                    self._over_budget.put(document.id, True, 1)
+            raise
+
+    def _call(
+        self, worker: _Worker, request: Open | Page, data: bytes | None, where: str, action: str
+    ) -> tuple[Reply, bytearray | None]:
+        """Send one request (and `data`) to the worker's child and wait, at most the time budget,
+        for its reply; a `Pixels` reply comes with its bytes. Kills the child on a timeout."""
+        if worker.conn is None:
+            try:
+                self._start(worker)
+            except OSError as exc:
+                logger.exception("could not start a decoder")
+                raise DocumentError(f"{where} could not be decoded: no decoding process could start ({exc}).") from exc
+        conn = worker.conn
+        assert conn is not None
+        try:
+            conn.send(request)
+            if data is not None:
+                conn.send_bytes(data)
+                self._count(sends=1, bytes_sent=len(data))
+            if not conn.poll(self.timeout):
+                self._count(timeouts=1)
+                self._replace(worker)
+                logger.warning("%s took more than %g s to %s; its decoder was killed", where, self.timeout, action)
+                limit = f"OCR_DECODE_TIMEOUT={self.timeout:g} s" + (" per page" if action == "decode" else "")
+                raise DocumentError(
+                    f"{where} took more than {self.timeout:g} s to {action} and was stopped; the limit is {limit}."
+                )
+            reply: Reply = conn.recv()
+            if not isinstance(reply, Pixels):
+                return reply, None
+            pixels = bytearray(reply.width * reply.height * 3)
+            conn.recv_bytes_into(pixels)
+            return reply, pixels
+        except (EOFError, OSError):
+            if self._closed:
+                self._stop(worker)
+                raise DocumentError(_CLOSED) from None
+            self._count(crashes=1)
+            how = _exit_reason(self._replace(worker))
+            logger.warning("the decoder stopped (%s) during: %s, %s", how, where, action)
+            raise DocumentError(
+                f"{where} could not be decoded: the decoding process stopped ({how}). The file may be "
+                f"malformed, or need more than the {self.memory_mb} MB a decoder may use (OCR_DECODE_MEMORY_MB)."
+            ) from None
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    def _error(self, reply: Reply, where: str) -> DocumentError:
+        if isinstance(reply, Failed):
+            return DocumentError(reply.message)
+        if isinstance(reply, OutOfMemory):
+            return DocumentError(
+                f"{where} needs more memory to decode than the {self.memory_mb} MB a decoder may use "
+                "(OCR_DECODE_MEMORY_MB)."
+            )
+        return DocumentError(f"{where} could not be decoded (unexpected answer {type(reply).__name__}).")
+
+    # -- children -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _worker_for(self, document_id: str | None, *, page: bool) -> Iterator[_Worker]:
+        """Hold a free worker for one call: for a page, preferably one that has the document."""
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise DocumentError(_CLOSED)
+                worker = self._pick(document_id, page)
+                if worker is not None:
+                    break
+                self._lock.wait()
+            worker.busy = True
+            self._pages_busy += page
+        try:
+            yield worker
+        finally:
+            self._release(worker, page)
+
+    @contextlib.contextmanager
+    def _holding(self, worker: _Worker) -> Iterator[None]:
+        """Hold this worker (waiting until it is free)."""
+        with self._lock:
+            while worker.busy:
+                self._lock.wait()
+            if self._closed:
+                raise DocumentError(_CLOSED)
+            worker.busy = True
+        try:
+            yield
+        finally:
+            self._release(worker, False)
+
+    def _pick(self, document_id: str | None, page: bool) -> _Worker | None:
+        free = [worker for worker in self._workers if not worker.busy]
+        # Pages leave one child free for opening uploads (when there are two or more).
+        if page and len(self._workers) > 1 and self._pages_busy >= len(self._workers) - 1:
+            return None
+        holding = [worker for worker in free if document_id is not None and document_id in worker.held]
+        started = [worker for worker in free if worker.process is not None]
+        candidates = holding or started or free
+        return candidates[0] if candidates else None
+
+    def _release(self, worker: _Worker, page: bool) -> None:
+        with self._lock:
+            worker.busy = False
+            self._pages_busy -= page
+            closed = self._closed
+            self._lock.notify_all()
+        if closed:  # close() left this one to us
+            self._stop(worker)
+
+    def _start(self, worker: _Worker) -> None:
+        """Start the worker's child (the caller holds the worker)."""
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=decoder.serve,
+            args=(child_end, self.memory_mb * MB, self.cache_bytes, self.timeout),
+            name="ocr-decoder",
+            daemon=True,  # never outlives the service, even one that did not close the pool
+        )
+        process.start()
+        child_end.close()  # the child's end lives in the child now: EOF here when it dies
+        with self._lock:
+            if not self._closed:
+                worker.process, worker.conn = process, parent_end
+                worker.held.clear()
+                self.stats.starts += 1  # under the lock
+                return
+        process.kill()
+        process.join()
+        parent_end.close()
+        raise DocumentError(_CLOSED)
+
+    def _replace(self, worker: _Worker) -> int | None:
+        """Kill the worker's child and start a new one (the caller holds the worker); return
+        the old one's exit code. A new one that cannot start is started by the next call."""
+        exitcode = self._stop(worker)
+        with contextlib.suppress(OSError, DocumentError):
+            self._start(worker)
+        return exitcode
+
+    def _stop(self, worker: _Worker) -> int | None:
+        """Kill and reap the worker's child (the caller holds the worker); return its exit code."""
+        with self._lock:
+            process, conn = worker.process, worker.conn
+            worker.process, worker.conn = None, None
+            worker.held.clear()
+        if conn is not None:
+            conn.close()
+        if process is None:
+            return None
+        process.kill()
+        process.join()
+        exitcode = process.exitcode
+        process.close()
+        return exitcode
+
+
+def _name(media_type: str, index: int | None = None, page_count: int = 1) -> str:
+    """How messages name a document or one of its pages: "Page 3 of the PDF", "The PNG image"."""
+    document = "the PDF" if media_type == "application/pdf" else f"the {media_type.split('/')[1].upper()} image"
+    if index is None or (page_count == 1 and media_type != "application/pdf"):
+        return document[0].upper() + document[1:]
+    return f"Page {index + 1} of {document}"
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit status"
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+        return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
