@@ -1,18 +1,19 @@
 """The decoding child process: opens documents and draws pages on request, inside its budgets.
 
-`serve` is the whole life of one child of the `DecoderPool` (`sandbox.py`). It caps its own
-address space (`RLIMIT_AS`, so a page that needs too much memory fails with `MemoryError`
-or takes the child down, never the service), then answers requests on its pipe one at a
-time until the pipe closes. Before each request it also caps its CPU time to a little more
-than the call's time budget: the pool kills an overrunning child itself, and this limit
-stops one whose parent died mid-render (an orphan would otherwise draw on for minutes).
+`serve` is the whole life of one child of the `DecoderPool` (`sandbox.py`), started as
+`python -c` with `main`. It caps its own address space (`RLIMIT_AS`, so a page that needs
+too much memory fails with `MemoryError` or takes the child down, never the service), says
+`Ready`, then answers requests on its socket one at a time until the socket closes. Before
+each request it also caps its CPU time to a little more than the call's time budget: the
+pool kills an overrunning child itself, and this limit stops one whose service died
+mid-render (an orphan would otherwise draw on for minutes).
 
 The child keeps the documents it was sent in a small LRU cache bounded in bytes, so the
 pages of one document cost one copy of its bytes, not one per page. The pool mirrors the
 cache (`Lru`, same rule, same sequence of calls) to know when it must send the bytes again;
 a child that misses anyway answers `Missing` and gets them.
 
-The messages on the pipe are the small dataclasses below. Bulk bytes never go through
+The messages on the socket are the small dataclasses below. Bulk bytes never go through
 pickle: a document's bytes follow an `Open` or `Page` request, and a page's RGB pixels
 follow a `Pixels` reply, each as one `send_bytes` message.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import resource
 import signal
+import sys
 import traceback
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -58,6 +60,11 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """A new child's first message: its imports are done and its budget is set."""
+
+
+@dataclass(frozen=True)
 class Opened:
     page_count: int
 
@@ -87,7 +94,7 @@ class Missing:
     """The page's document is not in this child's cache: send its bytes."""
 
 
-Reply = Opened | Pixels | Failed | OutOfMemory | Missing
+Reply = Ready | Opened | Pixels | Failed | OutOfMemory | Missing
 
 # -- the cache -----------------------------------------------------------------------------
 
@@ -135,20 +142,31 @@ class Lru(Generic[K, V]):
 Opening = ImageDocument | PdfDocument
 
 
+def main() -> None:
+    """A child's entry point (`python -c`); argv: the socket's fd, memory and cache bytes, timeout."""
+    fd, memory_bytes, cache_bytes, timeout = sys.argv[1:5]
+    serve(Connection(int(fd)), int(memory_bytes), int(cache_bytes), float(timeout))
+
+
 def serve(conn: Connection, memory_bytes: int, cache_bytes: int, timeout: float) -> None:
-    """Answer requests on `conn` until it closes (the child process's target)."""
-    # The pool owns this process's life: Ctrl+C or a SIGTERM sent to the whole process group
-    # must not cut a page short while the service drains. It kills the child when it closes.
+    """Answer requests on `conn` until it closes."""
+    # The pool owns this process's life: Ctrl+C in a terminal, or a SIGTERM that a supervisor
+    # sends to every process of the service, must not cut a page short while the service
+    # drains. The pool kills the child itself (SIGKILL); an orphan ends at EOF or its CPU limit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     cache: Lru[str, Opening] = Lru(cache_bytes)
+    try:
+        conn.send(Ready())
+    except OSError:
+        return
     while True:
         try:
             request = conn.recv()
             data = conn.recv_bytes() if isinstance(request, Open) or request.with_data else None
         except (EOFError, OSError):
-            return  # the pool closed the pipe, or the service is gone
+            return  # the pool closed the socket, or the service is gone
         _limit_cpu(timeout)
         reply: Reply
         pixels: bytes | None = None

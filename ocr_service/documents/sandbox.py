@@ -14,9 +14,12 @@ Why processes: pdfium is not thread-safe and cannot be interrupted, so a page bu
 stall it (2,000 full-page fills on a 200-inch page) held the process-wide pdfium lock, and
 with it every upload and page, for as long as it liked. Killing the process is the only way
 to stop a render; a child also carries a codec crash or an allocation spree away from the
-service. The children come from multiprocessing's "forkserver": a fresh interpreter that
-imports the decoding code once and forks a child in about 5 ms, so nothing of the service
-(threads, the event loop, a model) leaks into a child, and a killed one is replaced at once.
+service. A child is a fresh `python -c` interpreter that imports the decoding code only
+(about 0.3 s and 36 MB), so nothing of the service (threads, the event loop, a model) leaks
+into it. It talks over a socket pair with multiprocessing's `Connection`. Multiprocessing's
+own "spawn" and "forkserver" starts were tried first: both run the service's main script
+again in every child (run_service.py imports FastAPI, uvicorn and the whole app), which took
+1.7 s a child, again for each replacement.
 
 Routing: one call per child at a time. Pages of a document go to a free child that already
 holds the document's bytes, else to any free child, which is then sent them. Each child
@@ -43,20 +46,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 
 from PIL import Image
 
-from ocr_service.documents import decoder
-from ocr_service.documents.decoder import Failed, Lru, Missing, Open, Opened, OutOfMemory, Page, Pixels, Reply
+from ocr_service.documents.decoder import Failed, Lru, Missing, Open, Opened, OutOfMemory, Page, Pixels, Ready, Reply
 from ocr_service.documents.document import DocumentError, DocumentLimits
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ logger = logging.getLogger(__name__)
 MB = 1024 * 1024
 _CLOSED = "The service is shutting down: the document was not decoded."
 _OVER_BUDGET_IDS = 4096  # documents remembered as having broken a budget
+_CHILD = "from ocr_service.documents.decoder import main; main()"
+_STARTUP_TIMEOUT = 60.0  # seconds a new child may take to import the decoding code
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,11 +110,12 @@ class PoolStats:
 
 
 class _Worker:
-    """One child: its process and pipe, whether a call holds it, and a mirror of its cache."""
+    """One child: its process and socket, whether a call holds it, and a mirror of its cache."""
 
     def __init__(self, cache_bytes: int) -> None:
-        self.process: BaseProcess | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
+        self.ready = False  # the child said it is ready (imports done, budget set)
         self.busy = False
         self.held: Lru[str, bool] = Lru(cache_bytes)
 
@@ -122,10 +130,6 @@ class DecoderPool:
         self.memory_mb = memory_mb
         self.cache_bytes = cache_mb * MB
         self.stats = PoolStats()
-        self._context = multiprocessing.get_context("forkserver")
-        # Only takes effect if the fork server is not running yet; it then imports the
-        # decoding code once, and every child forked from it starts ready.
-        self._context.set_forkserver_preload([decoder.__name__])
         self._workers = [_Worker(self.cache_bytes) for _ in range(workers)]
         self._lock = threading.Condition()
         self._pages_busy = 0
@@ -135,12 +139,15 @@ class DecoderPool:
     # -- life -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every child now (blocking; the fork server's own start takes about a second).
-        Optional: a child is otherwise started by its first call."""
+        """Start every child and wait until each is ready (they import in parallel: about 0.3 s
+        on an idle machine). Optional: a call starts a missing child itself."""
         for worker in self._workers:
             with self._holding(worker):
                 if worker.process is None:
                     self._start(worker)
+        for worker in self._workers:
+            with self._holding(worker):
+                self._ready_child(worker)
 
     def close(self) -> None:
         """Kill every child, working or not; calls in progress and to come fail with a reason."""
@@ -152,7 +159,7 @@ class DecoderPool:
             working = [worker.process for worker in self._workers if worker.busy and worker.process is not None]
             idle = [worker for worker in self._workers if not worker.busy]
         for process in working:
-            process.kill()  # the thread that holds the worker sees the pipe close and reaps it
+            process.kill()  # the thread that holds the worker sees the socket close and reaps it
         for worker in idle:
             self._stop(worker)
 
@@ -212,27 +219,15 @@ class DecoderPool:
         self, worker: _Worker, document: PooledDocument, index: int, where: str, *, with_data: bool
     ) -> tuple[Reply, bytearray | None]:
         request = Page(document.id, document.media_type, document.page_count, document.limits, index, with_data)
-        try:
-            return self._call(worker, request, document.data if with_data else None, where, "decode")
-        except DocumentError:
-            with self._lock:
-                if not self._closed:
-                    self._over_budget.put(document.id, True, 1)
-            raise
+        return self._call(worker, request, document.data if with_data else None, where, "decode")
 
     def _call(
         self, worker: _Worker, request: Open | Page, data: bytes | None, where: str, action: str
     ) -> tuple[Reply, bytearray | None]:
         """Send one request (and `data`) to the worker's child and wait, at most the time budget,
-        for its reply; a `Pixels` reply comes with its bytes. Kills the child on a timeout."""
-        if worker.conn is None:
-            try:
-                self._start(worker)
-            except OSError as exc:
-                logger.exception("could not start a decoder")
-                raise DocumentError(f"{where} could not be decoded: no decoding process could start ({exc}).") from exc
-        conn = worker.conn
-        assert conn is not None
+        for its reply; a `Pixels` reply comes with its bytes. A child over the budget, or one
+        that dies, is replaced, and the request's document is not decoded again."""
+        conn = self._ready_child(worker)
         try:
             conn.send(request)
             if data is not None:
@@ -240,6 +235,7 @@ class DecoderPool:
                 self._count(sends=1, bytes_sent=len(data))
             if not conn.poll(self.timeout):
                 self._count(timeouts=1)
+                self._over_budget_now(request.doc_id)
                 self._replace(worker)
                 logger.warning("%s took more than %g s to %s; its decoder was killed", where, self.timeout, action)
                 limit = f"OCR_DECODE_TIMEOUT={self.timeout:g} s" + (" per page" if action == "decode" else "")
@@ -257,12 +253,41 @@ class DecoderPool:
                 self._stop(worker)
                 raise DocumentError(_CLOSED) from None
             self._count(crashes=1)
+            self._over_budget_now(request.doc_id)
             how = _exit_reason(self._replace(worker))
             logger.warning("the decoder stopped (%s) during: %s, %s", how, where, action)
             raise DocumentError(
                 f"{where} could not be decoded: the decoding process stopped ({how}). The file may be "
                 f"malformed, or need more than the {self.memory_mb} MB a decoder may use (OCR_DECODE_MEMORY_MB)."
             ) from None
+
+    def _ready_child(self, worker: _Worker) -> Connection:
+        """The worker's connection to a child that is ready: started and waited for if need be
+        (a child's start is not part of any call's budget)."""
+        failure = ""
+        try:
+            if worker.conn is None:
+                self._start(worker)
+            conn = worker.conn
+            assert conn is not None
+            if worker.ready:
+                return conn
+            if conn.poll(_STARTUP_TIMEOUT) and isinstance(conn.recv(), Ready):
+                worker.ready = True
+                return conn
+            failure = f"none was ready within {_STARTUP_TIMEOUT:g} s"
+        except (EOFError, OSError) as exc:
+            if self._closed:
+                raise DocumentError(_CLOSED) from None
+            failure = str(exc) or type(exc).__name__
+        exitcode = self._stop(worker)
+        logger.error("a decoding process could not start (%s, %s)", failure, _exit_reason(exitcode))
+        raise DocumentError(f"No decoding process could start ({failure}).")
+
+    def _over_budget_now(self, document_id: str) -> None:
+        """Remember that this document broke a budget: its other pages fail at once."""
+        with self._lock:
+            self._over_budget.put(document_id, True, 1)
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -333,25 +358,31 @@ class DecoderPool:
             self._stop(worker)
 
     def _start(self, worker: _Worker) -> None:
-        """Start the worker's child (the caller holds the worker)."""
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(
-            target=decoder.serve,
-            args=(child_end, self.memory_mb * MB, self.cache_bytes, self.timeout),
-            name="ocr-decoder",
-            daemon=True,  # never outlives the service, even one that did not close the pool
-        )
-        process.start()
-        child_end.close()  # the child's end lives in the child now: EOF here when it dies
+        """Start the worker's child, without waiting for it to be ready (the caller holds the worker)."""
+        parent_end, child_end = socket.socketpair()
+        try:
+            budgets = (str(self.memory_mb * MB), str(self.cache_bytes), str(self.timeout))
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(child_end.fileno()), *budgets],
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=_child_environment(),
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()  # the child's end lives in the child now: EOF here when it dies
+        conn = Connection(parent_end.detach())
         with self._lock:
             if not self._closed:
-                worker.process, worker.conn = process, parent_end
+                worker.process, worker.conn, worker.ready = process, conn, False
                 worker.held.clear()
                 self.stats.starts += 1  # under the lock
                 return
         process.kill()
-        process.join()
-        parent_end.close()
+        process.wait()
+        conn.close()
         raise DocumentError(_CLOSED)
 
     def _replace(self, worker: _Worker) -> int | None:
@@ -373,10 +404,17 @@ class DecoderPool:
         if process is None:
             return None
         process.kill()
-        process.join()
-        exitcode = process.exitcode
-        process.close()
-        return exitcode
+        return process.wait()
+
+
+def _child_environment() -> dict[str, str]:
+    """The service's environment, with the directory that holds `ocr_service` first on the
+    module path, and one thread for numpy's BLAS (a child never needs more)."""
+    root = str(Path(__file__).resolve().parents[2])
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(part for part in (root, environment.get("PYTHONPATH")) if part)
+    environment["OPENBLAS_NUM_THREADS"] = environment["OMP_NUM_THREADS"] = "1"
+    return environment
 
 
 def _name(media_type: str, index: int | None = None, page_count: int = 1) -> str:
