@@ -98,9 +98,10 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def in_process(data: bytes, limits: DocumentLimits) -> tuple[Callable[[], object], Callable[[], object]]:
+    """Open and decode as the service did before the pool: the children's code, called here."""
     if data.startswith(b"%PDF"):
         document = PdfDocument.open(data, limits)
-        return (lambda: PdfDocument.open(data, limits)), (lambda: document.load_page(0))
+        return (lambda: PdfDocument.open(data, limits)), (lambda: document.draw(0).image())
     image_document = ImageDocument.open(data, "image/png", limits)
     return (lambda: ImageDocument.open(data, "image/png", limits)), (lambda: image_document.load_page(0))
 

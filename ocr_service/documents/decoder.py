@@ -71,10 +71,11 @@ class Opened:
 
 @dataclass(frozen=True)
 class Pixels:
-    """A drawn page: `width * height * 3` bytes of RGB follow."""
+    """A drawn page: `stride * height` bytes of RGB rows follow."""
 
     width: int
     height: int
+    stride: int
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def serve(conn: Connection, memory_bytes: int, cache_bytes: int, timeout: float)
             return  # the pool closed the socket, or the service is gone
         _limit_cpu(timeout)
         reply: Reply
-        pixels: bytes | None = None
+        pixels: bytes | bytearray | None = None
         try:
             if isinstance(request, Open):
                 reply = _open(request, data, cache)
@@ -201,15 +202,15 @@ def _open(request: Open, data: bytes | None, cache: Lru[str, Opening]) -> Opened
     return Opened(document.page_count)
 
 
-def _draw(request: Page, data: bytes | None, cache: Lru[str, Opening]) -> tuple[Reply, bytes | None]:
+def _draw(request: Page, data: bytes | None, cache: Lru[str, Opening]) -> tuple[Reply, bytes | bytearray | None]:
     document = cache.get(request.doc_id)
     if document is None:
         if data is None:
             return Missing(), None
         document = _reopen(request, data)
         cache.put(request.doc_id, document, len(data))
-    image = document.load_page(request.index)
-    return Pixels(image.width, image.height), image.tobytes()
+    raster = document.draw(request.index)
+    return Pixels(raster.width, raster.height, raster.stride), raster.data
 
 
 def _reopen(request: Page, data: bytes) -> Opening:

@@ -70,6 +70,24 @@ class Document(Protocol):
 
 
 @dataclass(frozen=True)
+class Raster:
+    """A decoded page as rows of RGB bytes: what a decoding child sends back."""
+
+    width: int
+    height: int
+    stride: int  # bytes per row: width * 3, or more where rows are padded
+    data: bytes | bytearray
+
+    @classmethod
+    def of(cls, image: Image.Image) -> Raster:
+        """The rows of an RGB image."""
+        return cls(image.width, image.height, image.width * 3, image.tobytes())
+
+    def image(self) -> Image.Image:
+        return Image.frombytes("RGB", (self.width, self.height), self.data, "raw", "RGB", self.stride)
+
+
+@dataclass(frozen=True)
 class PageRef:
     """One page of a document, decoded only when an engine asks (`load`)."""
 

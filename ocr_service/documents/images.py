@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ocr_service.documents.document import DocumentError, DocumentLimits
+from ocr_service.documents.document import DocumentError, DocumentLimits, Raster
 
 _PILLOW_FORMATS = {
     "image/png": "PNG",
@@ -58,8 +58,12 @@ class ImageDocument:
             _check_complete(_open(data, media_type), media_type)
         return cls(data, media_type, page_count, limits.max_pixels)
 
-    def load_page(self, index: int) -> Image.Image:
+    def draw(self, index: int) -> Raster:
         """Decode page `index` to RGB with EXIF orientation applied."""
+        return Raster.of(self.load_page(index))
+
+    def load_page(self, index: int) -> Image.Image:
+        """Decode page `index` to an RGB image with EXIF orientation applied."""
         if not 0 <= index < self.page_count:
             raise IndexError(f"page {index} of {self.page_count}")
         with _pillow_errors(self.media_type, index if self.page_count > 1 else None, self.max_pixels):

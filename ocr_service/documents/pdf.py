@@ -39,9 +39,8 @@ from typing import ClassVar
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
-from PIL import Image
 
-from ocr_service.documents.document import DocumentError, DocumentLimits
+from ocr_service.documents.document import DocumentError, DocumentLimits, Raster
 
 _PDFIUM_LOCK = threading.Lock()
 _POINTS_PER_INCH = 72.0
@@ -78,7 +77,7 @@ class PdfDocument:
             raise DocumentError(f"The PDF has {page_count} pages; the limit is {limits.max_pdf_pages} pages.")
         return cls(data, page_count, limits.pdf_dpi, limits.pdf_raster_pixels)
 
-    def load_page(self, index: int) -> Image.Image:
+    def draw(self, index: int) -> Raster:
         """Rasterise page `index` at the configured dpi (scaled down to fit the pixel limit)."""
         if not 0 <= index < self.page_count:
             raise IndexError(f"page {index} of {self.page_count}")
@@ -121,8 +120,8 @@ def _load(data: bytes) -> pdfium.PdfDocument:
         raise DocumentError("The PDF cannot be opened: it has no pages or is damaged.") from exc
 
 
-def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Image.Image:
-    """Draw one page to an RGB image (lock held)."""
+def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Raster:
+    """Draw one page to RGB rows (lock held)."""
     where = f"Page {index + 1} of the PDF"
     try:
         page = pdf[index]
@@ -134,13 +133,15 @@ def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -
             raise DocumentError(f"{where} has no usable size ({width_pt} x {height_pt} points).")
         scale = render_scale(width_pt, height_pt, dpi, max_pixels)
         try:
-            bitmap = page.render(scale=scale, fill_color=_WHITE, draw_annots=True)
+            # RGB byte order and no alpha (an opaque fill): the rows go out as they are.
+            bitmap = page.render(scale=scale, fill_color=_WHITE, draw_annots=True, rev_byteorder=True)
         except (pdfium.PdfiumError, ValueError) as exc:
             raise DocumentError(f"{where} cannot be rendered.") from exc
         try:
-            # A BGR bitmap: to_pil converts, so the image owns its pixels once the bitmap closes.
-            image = bitmap.to_pil()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            if bitmap.mode != "RGB":
+                raise DocumentError(f"{where} was drawn in an unexpected pixel format ({bitmap.mode}).")
+            # One copy, so the rows outlive the bitmap (pdfium frees its buffer on close).
+            return Raster(bitmap.width, bitmap.height, bitmap.stride, bytes(bitmap.buffer))
         finally:
             bitmap.close()
     finally:

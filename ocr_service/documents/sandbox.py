@@ -62,7 +62,7 @@ from types import TracebackType
 from PIL import Image
 
 from ocr_service.documents.decoder import Failed, Lru, Missing, Open, Opened, OutOfMemory, Page, Pixels, Ready, Reply
-from ocr_service.documents.document import DocumentError, DocumentLimits
+from ocr_service.documents.document import DocumentError, DocumentLimits, Raster
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class DecoderPool:
                 reply, pixels = self._page_call(worker, document, index, where, with_data=True)
             worker.held.put(document.id, True, document.nbytes)
         if isinstance(reply, Pixels) and pixels is not None:
-            return Image.frombytes("RGB", (reply.width, reply.height), pixels)
+            return Raster(reply.width, reply.height, reply.stride, pixels).image()
         raise self._error(reply, where)
 
     def _page_call(
@@ -245,7 +245,7 @@ class DecoderPool:
             reply: Reply = conn.recv()
             if not isinstance(reply, Pixels):
                 return reply, None
-            pixels = bytearray(reply.width * reply.height * 3)
+            pixels = bytearray(reply.stride * reply.height)
             conn.recv_bytes_into(pixels)
             return reply, pixels
         except (EOFError, OSError):
