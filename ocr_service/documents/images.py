@@ -5,6 +5,7 @@ before any pixel is decoded, and proves the file is complete as cheaply as the f
 allows (`_check_complete`). Loading a page decodes that page only, applies EXIF
 orientation and gives RGB on white (transparent areas would otherwise turn black).
 Measured on the 2-core dev machine for a 2000x3000 JPEG (1.3 MB): open 16 ms, load 28 ms.
+This code runs in the decoding child processes (`decoder.py`), under their budgets.
 """
 
 from __future__ import annotations

@@ -29,12 +29,14 @@ per page (tests/test_sandbox.py counts them). Routing, not pinning: a document i
 stuck behind another's slow page. With two or more children, pages may occupy all but
 one, so an upload is always validated at once, even while every other child draws.
 
-Cost of the trip, measured on the 2-core dev machine (bench/sandbox_overhead.py,
-bench/results/sandbox.md): a page comes back as raw RGB through a pipe, 6 MB for an A4
-page at 144 dpi (1190x1684), in about 4 ms; 48 MB for a 16 MP page (the PDF raster cap),
-in about 30 ms. An A4 page (PNG or PDF) costs about 5-6 ms more through the pool than
-drawn in-process. While it arrives, a page needs its raw bytes plus the Pillow image
-(about 7 bytes a pixel, briefly).
+Cost of the trip (bench/sandbox_overhead.py, bench/results/sandbox.md; the 2-core dev machine,
+heavily loaded by other jobs, so upper bounds): a page comes back as raw RGB rows over the
+socket, 6 MB for an A4 page at 144 dpi (1190x1684), moved in about 3 ms; 48 MB for a 16 MP
+page (the PDF raster cap) in about 270 ms, 180 MB for a 60 MP image in about 820 ms (one
+48 MB memory copy took about 50 ms there). Through the pool an A4 page cost 7 ms (text PDF)
+to 53 ms (PNG) more than decoded in-process; opening costs a round trip (0.1-0.4 ms for a
+PDF). While it arrives, a page needs its raw rows plus the Pillow image (about 7 bytes a
+pixel, briefly).
 
 The methods block (they wait on a child): call them from worker threads, as engines
 already do for `PageRef.load`, and as intake does with `asyncio.to_thread`. `close` kills
