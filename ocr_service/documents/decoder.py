@@ -157,6 +157,7 @@ def serve(conn: Connection, memory_bytes: int, cache_bytes: int, timeout: float)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash or SIGXCPU writes no core file
     cache: Lru[str, Opening] = Lru(cache_bytes)
     try:
         conn.send(Ready())
