@@ -20,6 +20,7 @@ from PIL import Image
 
 from ocr_service.documents import DecoderPool, DocumentError, DocumentLimits, open_document
 from ocr_service.documents.decoder import Lru
+from ocr_service.documents.sandbox import DecoderClosed
 from tests.files import make_pdf
 from tests.helpers import encode, solid_image
 
@@ -159,10 +160,10 @@ def test_two_documents_decode_in_parallel_and_uploads_are_opened_while_every_pag
             thread.join(10)
             assert not thread.is_alive()
         for outcome in (first_outcome, second_outcome):
-            assert len(outcome) == 1 and isinstance(outcome[0], DocumentError)
+            assert len(outcome) == 1 and isinstance(outcome[0], DecoderClosed)
             assert "shutting down" in str(outcome[0])
         assert all(pid is None for pid in pool.worker_pids())
-        with pytest.raises(DocumentError, match="shutting down"):
+        with pytest.raises(DecoderClosed, match="shutting down"):
             open_document(make_pdf([(50, 50, RED)]), LIMITS, pool)
 
 

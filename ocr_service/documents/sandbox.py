@@ -75,6 +75,10 @@ _CHILD = "from ocr_service.documents.decoder import main; main()"
 _STARTUP_TIMEOUT = 60.0  # seconds a new child may take to import the decoding code
 
 
+class DecoderClosed(DocumentError):
+    """The pool is closed (the service is shutting down): the call was not made, or was cut."""
+
+
 @dataclass(frozen=True, eq=False)
 class PooledDocument:
     """An opened document: its bytes and page count are here, its pages are drawn in the pool."""
@@ -253,7 +257,7 @@ class DecoderPool:
         except (EOFError, OSError):
             if self._closed:
                 self._stop(worker)
-                raise DocumentError(_CLOSED) from None
+                raise DecoderClosed(_CLOSED) from None
             self._count(crashes=1)
             self._over_budget_now(request.doc_id)
             how = _exit_reason(self._replace(worker))
@@ -280,7 +284,7 @@ class DecoderPool:
             failure = f"none was ready within {_STARTUP_TIMEOUT:g} s"
         except (EOFError, OSError) as exc:
             if self._closed:
-                raise DocumentError(_CLOSED) from None
+                raise DecoderClosed(_CLOSED) from None
             failure = str(exc) or type(exc).__name__
         exitcode = self._stop(worker)
         logger.error("a decoding process could not start (%s, %s)", failure, _exit_reason(exitcode))
@@ -314,7 +318,7 @@ class DecoderPool:
         with self._lock:
             while True:
                 if self._closed:
-                    raise DocumentError(_CLOSED)
+                    raise DecoderClosed(_CLOSED)
                 worker = self._pick(document_id, page)
                 if worker is not None:
                     break
@@ -333,7 +337,7 @@ class DecoderPool:
             while worker.busy:
                 self._lock.wait()
             if self._closed:
-                raise DocumentError(_CLOSED)
+                raise DecoderClosed(_CLOSED)
             worker.busy = True
         try:
             yield
@@ -385,7 +389,7 @@ class DecoderPool:
         process.kill()
         process.wait()
         conn.close()
-        raise DocumentError(_CLOSED)
+        raise DecoderClosed(_CLOSED)
 
     def _replace(self, worker: _Worker) -> int | None:
         """Kill the worker's child and start a new one (the caller holds the worker); return
