@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -34,7 +35,7 @@ from ocr_service.core.redis_store import RedisTaskStore
 from ocr_service.core.sqlite_store import SqliteTaskStore
 from ocr_service.core.store import MemoryTaskStore, TaskStore
 from ocr_service.core.supervisor import Supervisor
-from ocr_service.documents import DocumentLimits
+from ocr_service.documents import DecoderPool, DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
 from ocr_service.engines.registry import build_engine
@@ -71,13 +72,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             observer=state.metrics,
         )
         fetcher = UrlFetcher(fetch_policy(settings))
-        intake = Intake(ledger, fetcher, document_limits(settings))
+        decoder = decoder_pool(settings)
+        await asyncio.to_thread(decoder.start)
+        intake = Intake(ledger, fetcher, document_limits(settings), decoder)
         await store.open(take_over=intake.resume)
         restored = await store.restore()
         ledger.count_kept(restored.finished)
         await intake.resume(restored.unfinished)
         supervisor = Supervisor(ledger, batcher, keep_unfinished=store.keeps_work)
-        services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor)
+        services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor, decoder=decoder)
         state.metrics.watch(services.status)
         supervisor.start()
         state.services = services
@@ -87,6 +90,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             yield
         finally:
             await supervisor.shutdown(settings.shutdown_grace)  # at once if a SIGTERM drain already ran
+            await asyncio.to_thread(decoder.close)
             cleanup.cancel()
             await asyncio.gather(cleanup, return_exceptions=True)
             await intake.aclose()
@@ -123,6 +127,7 @@ async def drain(app: FastAPI, grace: float) -> None:
     services = state_of(app).services
     if services is not None:
         await services.supervisor.shutdown(grace)
+        await asyncio.to_thread(services.decoder.close)  # a page still drawing fails now
 
 
 def build_store(settings: Settings) -> TaskStore:
@@ -147,6 +152,16 @@ def document_limits(settings: Settings) -> DocumentLimits:
         max_pixels=settings.max_image_pixels,
         max_pdf_pages=settings.max_pdf_pages,
         pdf_dpi=settings.pdf_dpi,
+        pdf_max_pixels=settings.pdf_max_pixels,
+    )
+
+
+def decoder_pool(settings: Settings) -> DecoderPool:
+    return DecoderPool(
+        workers=settings.decode_workers,
+        timeout=settings.decode_timeout,
+        memory_mb=settings.decode_memory_mb,
+        cache_mb=max(64, math.ceil(2 * settings.max_image_size_mb)),  # two of the largest uploads
     )
 
 

@@ -65,10 +65,16 @@ class Settings(BaseSettings):
     image_download_timeout: float = Field(30, gt=0)
     max_image_pixels: int = Field(60_000_000, ge=1)
     pdf_dpi: int = Field(144, ge=36, le=600)
+    pdf_max_pixels: int = Field(16_000_000, ge=1)  # a bigger PDF page is drawn scaled down to fit
     max_pdf_pages: int = Field(500, ge=1)
     allow_private_urls: bool = False
     url_allowed_hosts: str = ""  # comma-separated host names URLs may name; empty = any (public) host
     max_redirects: int = Field(5, ge=0, le=20)
+
+    # Decoding: child processes that open documents and draw pages (documents/sandbox.py)
+    decode_workers: int = Field(3, ge=1, le=64)  # pages use all but one: uploads are always checked at once
+    decode_timeout: float = Field(15, gt=0)  # seconds per page and per open; the child is killed past it
+    decode_memory_mb: int = Field(2048, ge=256)  # address space of each child
 
     # Default OCR parameters
     default_prompt: str = DEFAULT_PROMPT

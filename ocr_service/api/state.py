@@ -18,6 +18,7 @@ from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
 from ocr_service.core.status import ServiceStatus, snapshot
 from ocr_service.core.supervisor import Supervisor
+from ocr_service.documents import DecoderPool
 
 if TYPE_CHECKING:  # security reads the keys through `state_of`
     from ocr_service.api.security import ApiKeys
@@ -41,6 +42,7 @@ class Services:
     intake: Intake
     batcher: Batcher
     supervisor: Supervisor
+    decoder: DecoderPool  # the processes that open documents and draw their pages
 
     def status(self) -> ServiceStatus:
         return snapshot(self.ledger, self.batcher, self.supervisor)
