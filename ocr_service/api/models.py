@@ -25,6 +25,7 @@ ERROR_MEANINGS = {
     401: "No valid API key (when OCR_API_KEYS is set)",
     404: "Unknown, expired, or another key's",
     409: "The task is running or has already ended",
+    410: "Gone: the task's document is no longer kept (OCR_KEEP_DOCUMENTS_MB)",
     413: "Larger than the upload limit",
     422: "Invalid input",
     429: "Over the per-client rate limit (OCR_RATE_LIMIT); see Retry-After",
@@ -88,6 +89,8 @@ class PageView(BaseModel):
     blocks: list[dict]
     finish_reason: str
     truncated: bool
+    width: int = Field(description="Pixel width of the page image the engine read (the blocks' space)")
+    height: int = Field(description="Pixel height of that image")
 
 
 class TaskView(BaseModel):

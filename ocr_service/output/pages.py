@@ -54,6 +54,9 @@ class PageResult:
     # Never to be shown as a clean success.
     truncated: bool
     page: int | None = None  # 1-based page number, when known
+    # The pixel size of the page image the engine read: the space `blocks` are in.
+    width: int = 0
+    height: int = 0
 
     def as_dict(self) -> dict:
         out: dict = {} if self.page is None else {"page": self.page}
@@ -62,6 +65,8 @@ class PageResult:
             blocks=[block.as_dict() for block in self.blocks],
             finish_reason=self.finish_reason,
             truncated=self.truncated,
+            width=self.width,
+            height=self.height,
         )
         return out
 
@@ -91,6 +96,8 @@ def build_page(
         finish_reason=finish_reason,
         truncated=finish_reason == "length",
         page=page_number,
+        width=width,
+        height=height,
     )
 
 
