@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     # Task store
     task_ttl: float = Field(3600, gt=0)
     cleanup_interval: float = Field(300, gt=0)
+    keep_documents_mb: float = Field(256, ge=0)  # ended tasks' documents kept for page images; 0 = none
 
     # Inputs
     max_image_size_mb: float = Field(20, gt=0)
@@ -121,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    @property
+    def keep_documents_bytes(self) -> int:
+        return int(self.keep_documents_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

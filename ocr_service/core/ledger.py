@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from ocr_service.core.batcher import PageSink
 from ocr_service.core.estimates import ThroughputMeter
+from ocr_service.core.keeper import DocumentKeeper
 from ocr_service.core.queue import PageJob, PageQueue
 from ocr_service.core.store import TaskStore
 from ocr_service.core.tasks import BatchJob, Task, TaskStatus
@@ -46,10 +47,11 @@ class CancelRefused(Exception):
 
 
 class WorkLedger(PageSink):
-    def __init__(self, store: TaskStore, queue: PageQueue, *, limit: int) -> None:
+    def __init__(self, store: TaskStore, queue: PageQueue, *, limit: int, keeper: DocumentKeeper | None = None) -> None:
         self.store = store
         self.queue = queue
         self.limit = limit
+        self.keeper = keeper if keeper is not None else DocumentKeeper(0)  # ended tasks' documents (page images)
         self.throughput = ThroughputMeter()
         self.counts: Counter[TaskStatus] = Counter()  # tasks held now, by status
         self.ended: Counter[TaskStatus] = Counter()  # tasks that ever ended, by outcome
@@ -187,6 +189,8 @@ class WorkLedger(PageSink):
     def _end(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
         if task.status.terminal:
             return
+        if task.document is not None:  # page images: the record drops its document, the keeper may keep it
+            self.keeper.keep(task.id, task.document)
         self._move(task, status, lambda: task.set_ended(status, error))
         self.ended[status] += 1
         self._live.pop(task.id, None)
@@ -245,6 +249,7 @@ class WorkLedger(PageSink):
         expired = await self.store.expire(time.time() if now is None else now)
         for task in expired:
             self.counts[task.status] -= 1
+            self.keeper.drop(task.id)  # page images go with the task
         self.expired += len(expired)
         return len(expired)
 
