@@ -16,26 +16,29 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from ocr_service import __version__
-from ocr_service.api import ops
+from ocr_service.api import events, ops, page_images, ui
 from ocr_service.api.errors import add_error_handlers
 from ocr_service.api.limits import BodyLimitMiddleware
 from ocr_service.api.middleware import RequestObserver
 from ocr_service.api.ratelimit import RateLimitMiddleware
 from ocr_service.api.routes import MULTIPART_OVERHEAD, router
 from ocr_service.api.security import ApiKeys
+from ocr_service.api.slots import Slots
 from ocr_service.api.state import ApiConfig, AppState, Services, state_of
 from ocr_service.config import Settings
 from ocr_service.core.batcher import Batcher
 from ocr_service.core.intake import Defaults, Intake
+from ocr_service.core.keeper import DocumentKeeper
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
+from ocr_service.core.page_images import PageImages
 from ocr_service.core.queue import PageQueue
 from ocr_service.core.store import MemoryTaskStore
 from ocr_service.core.supervisor import Supervisor
 from ocr_service.documents import DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
-from ocr_service.engines.registry import build_engine
+from ocr_service.engines.registry import build_engine, resolution_mode_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         logger.info("loading engine %s", the_engine.name)
         await asyncio.to_thread(the_engine.load)
         queue = PageQueue()
-        ledger = WorkLedger(MemoryTaskStore(ttl=settings.task_ttl), queue, limit=settings.max_queue_size)
+        keeper = DocumentKeeper(settings.keep_documents_bytes)
+        ledger = WorkLedger(MemoryTaskStore(ttl=settings.task_ttl), queue, limit=settings.max_queue_size, keeper=keeper)
         batcher = Batcher(
             queue,
             the_engine,
@@ -63,7 +67,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         fetcher = UrlFetcher(fetch_policy(settings))
         intake = Intake(ledger, fetcher, document_limits(settings))
         supervisor = Supervisor(ledger, batcher)
-        services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor)
+        services = Services(
+            ledger=ledger,
+            intake=intake,
+            batcher=batcher,
+            supervisor=supervisor,
+            page_images=PageImages(keeper),
+            event_streams=Slots(events.MAX_EVENT_STREAMS),
+        )
         state.metrics.watch(services.status)
         supervisor.start()
         state.services = services
@@ -88,6 +99,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.ocr = state
     app.include_router(ops.router)
     app.include_router(router)
+    app.include_router(events.router)
+    app.include_router(page_images.router)
+    app.include_router(ui.router)
+    ui.mount_ui(app)
     add_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -114,6 +129,9 @@ def api_config(settings: Settings) -> ApiConfig:
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_urls=settings.max_batch_urls,
         sync_timeout=settings.sync_timeout,
+        engine=settings.engine,
+        resolution_mode=resolution_mode_of(settings),
+        max_pdf_pages=settings.max_pdf_pages,
     )
 
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ocr_service.api.security import ApiKeys, presented_key
 
 EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+EXEMPT_PREFIXES = ("/ui/",)  # the web UI's static files: no data, and a page load fetches several
 
 
 class RateLimitMiddleware:
@@ -37,7 +38,7 @@ class RateLimitMiddleware:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS or scope["path"].startswith(EXEMPT_PREFIXES):
             await self.app(scope, receive, send)
             return
         client = self.client_key(scope)

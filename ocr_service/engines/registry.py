@@ -67,3 +67,8 @@ ENGINES: dict[EngineName, Callable[[Settings], Engine]] = {
 def build_engine(settings: Settings) -> Engine:
     """Create (not load) the engine that `settings.engine` names."""
     return ENGINES[settings.engine](settings)
+
+
+def resolution_mode_of(settings: Settings) -> str | None:
+    """The resolution mode the engine serves, or None for engines without modes (RapidOCR, fake)."""
+    return settings.resolution_mode if settings.engine in ("vllm", "transformers") else None
