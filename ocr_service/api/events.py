@@ -26,20 +26,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 
-from ocr_service.api.models import PageView, TaskView, errors
+from ocr_service.api.models import ERROR_MEANINGS, ErrorDetail, PageView, TaskView
 from ocr_service.api.routes import TASK_NOT_FOUND
 from ocr_service.api.security import Owner
 from ocr_service.api.state import Running
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.tasks import Task, TaskStatus
 
-router = APIRouter(responses=errors(401, 422, 429))
+
+def json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI error responses as JSON: `errors()` would document them with the route's
+    own media type, text/event-stream, which they are not."""
+    schema = ErrorDetail.model_json_schema()
+    return {code: {"description": ERROR_MEANINGS[code], "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+router = APIRouter(responses=json_errors(401, 422, 429))
 
 MAX_EVENT_STREAMS = 256
 STREAM_SECONDS = 300.0
@@ -82,7 +90,7 @@ async def stream_slot(service: Running) -> AsyncIterator[None]:
         service.event_streams.give_back()
 
 
-@router.get("/ocr/{task_id}/events", response_class=EventSourceResponse, responses=errors(404, 503))
+@router.get("/ocr/{task_id}/events", response_class=EventSourceResponse, responses=json_errors(404, 503))
 async def task_events(
     task: OwnedTask,
     service: Running,
