@@ -34,7 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--test-image", type=Path, help="a page to probe with (default: a rendered A4 text page)")
     add("--engine", help="override OCR_ENGINE (rapidocr, vllm, transformers, fake)")
-    add("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch to try (default %(default)s)")
+    add(
+        "--max-batch", type=int,
+        help=f"largest batch to try (default {DEFAULT_MAX_BATCH}; on the CPU engine 4 per OCR_RAPIDOCR_THREADS)",
+    )
     add("--memory-limit-gb", type=float, help="cap this process's GPU memory, to stand in for a smaller card")
     add("--max-tokens", type=int, help="output tokens a page may generate (default OCR_DEFAULT_MAX_TOKENS)")
     add("--repeats", type=int, default=1, help="runs per batch size; the fastest counts (default 1)")

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from ocr_service import __version__
 from ocr_service.api import events, ops, page_images, ui
 from ocr_service.api.errors import add_error_handlers
-from ocr_service.api.limits import BodyLimitMiddleware
+from ocr_service.api.limits import AdmissionGate, BodyLimitMiddleware
 from ocr_service.api.middleware import RequestObserver
 from ocr_service.api.ratelimit import RateLimitMiddleware
 from ocr_service.api.routes import MULTIPART_OVERHEAD, router
@@ -54,7 +54,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await asyncio.to_thread(the_engine.load)
         queue = PageQueue()
         keeper = DocumentKeeper(settings.keep_documents_bytes)
-        ledger = WorkLedger(MemoryTaskStore(ttl=settings.task_ttl), queue, limit=settings.max_queue_size, keeper=keeper)
+        ledger = WorkLedger(
+            MemoryTaskStore(ttl=settings.task_ttl),
+            queue,
+            limit=settings.max_queue_size,
+            max_stored=settings.max_stored_tasks,
+            max_stored_per_client=settings.max_stored_tasks_per_client,
+            expiry_interval=settings.cleanup_interval,
+            keeper=keeper,
+        )
         batcher = Batcher(
             queue,
             the_engine,
@@ -78,7 +86,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         state.metrics.watch(services.status)
         supervisor.start()
         state.services = services
-        cleanup = asyncio.create_task(ledger.run_cleanup(settings.cleanup_interval), name="task-cleanup")
+        cleanup = asyncio.create_task(ledger.run_cleanup(), name="task-cleanup")
         logger.info("serving with engine %s, batch size %d, policy %s", the_engine.name, settings.batch_size, settings.batch_policy)
         try:
             yield
@@ -104,10 +112,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(ui.router)
     ui.mount_ui(app)
     add_error_handlers(app)
+    app.add_middleware(AdmissionGate, state=state)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         limit_text=f"OCR_MAX_IMAGE_SIZE_MB={settings.max_image_size_mb:g}",
+        timeout=settings.body_timeout,
     )
     if settings.rate_limit:
         app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit, api_keys=state.api_keys)

@@ -14,7 +14,7 @@ EngineName = Literal["rapidocr", "vllm", "transformers", "fake"]
 
 
 class Settings(BaseSettings):
-    """Service configuration. Defaults follow the seed service (DESIGN.md section 3)."""
+    """Service configuration. The defaults of the variables the original service had are kept."""
 
     model_config = SettingsConfigDict(
         env_prefix="OCR_",
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Task store
     task_ttl: float = Field(3600, gt=0)
     cleanup_interval: float = Field(300, gt=0)
+    max_stored_tasks: int = Field(100_000, ge=1)  # tasks held (waiting, running, finished within the TTL)
+    max_stored_tasks_per_client: int = Field(10_000, ge=1)  # the same, per API key or client address
     keep_documents_mb: float = Field(256, ge=0)  # ended tasks' documents kept for page images; 0 = none
 
     # Inputs
@@ -68,6 +70,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = Field(25, ge=0)  # seconds running batches get to finish after SIGTERM
+    request_header_timeout: float = Field(10, gt=0)  # seconds a client has to send each request's headers
+    body_timeout: float = Field(30, gt=0)  # seconds a request body may pause between chunks
+    max_connections: int = Field(0, ge=0)  # open connections per process; 0 = 80% of the file limit
+    max_connections_per_client: int = Field(64, ge=1)  # open connections per client address
+    trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; empty = none
 
     # Access
     api_keys: SecretStr = SecretStr("")  # comma-separated; empty = no keys needed
@@ -106,7 +113,7 @@ class Settings(BaseSettings):
     @field_validator("default_prompt", mode="after")
     @classmethod
     def _unescape_prompt(cls, value: str) -> str:
-        # `.env` files and shells pass "\n" literally, as the seed's example does.
+        # `.env` files and shells pass "\n" literally (OCR_DEFAULT_PROMPT=<image>\nFree OCR.).
         return value.replace("\\n", "\n")
 
     @model_validator(mode="after")
@@ -118,6 +125,10 @@ class Settings(BaseSettings):
     @property
     def url_allowed_host_set(self) -> frozenset[str]:
         return frozenset(host.strip().lower() for host in self.url_allowed_hosts.split(",") if host.strip())
+
+    @property
+    def trusted_proxy_list(self) -> str:
+        return ",".join(part.strip() for part in self.trusted_proxies.split(",") if part.strip())
 
     @property
     def api_key_list(self) -> list[str]:

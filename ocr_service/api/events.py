@@ -122,7 +122,7 @@ async def events_of(task: Task, ledger: WorkLedger, after: int) -> AsyncIterator
             page = task.pages[task.completion_order[sent]]
             sent += 1
             if page is not None:
-                yield ServerSentEvent(event="page", id=str(sent), raw_data=PageView(**page.as_dict()).model_dump_json())
+                yield ServerSentEvent(event="page", id=str(sent), raw_data=PageView(**page.as_dict()).model_dump_json(exclude_none=True))
         if ended:
             view = TaskView.of(task, ledger.queue_position(task), ledger.estimated_wait(task))
             yield ServerSentEvent(event=END_EVENTS[task.status], raw_data=view.model_dump_json(exclude_none=True))

@@ -13,7 +13,8 @@ ones while a slow batch-mate still runs. It knows nothing of tasks or Markdown.
 
 An out-of-memory error splits the batch in halves and retries them, and lowers the
 live batch cap (`BatchCap`) to what fitted; a page fails only when it alone does not
-fit.
+fit. Any other error that takes a whole batch down is bisected the same way (without
+touching the cap), so the page at fault fails alone and its batch-mates complete.
 """
 
 from __future__ import annotations
@@ -95,8 +96,6 @@ class PageSink(Protocol):
 
     def page_finished(self, job: PageJob, outcome: PageOutcome) -> None: ...
 
-    def batch_ran(self, size: int, seconds: float) -> None: ...
-
 
 class BatchObserver(Protocol):
     """Told about every batch (metrics); the batcher works the same without one."""
@@ -155,10 +154,6 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._crash: BaseException | None = None
         queue.on_arrival(self.wake)
-
-    @property
-    def in_flight_pages(self) -> int:
-        return len(self._in_flight)
 
     def wake(self) -> None:
         """Look at the queue again (pages arrived, a slot was freed, time passed)."""
@@ -255,27 +250,27 @@ class Batcher:
         """Run pages through the engine, splitting the batch on out-of-memory errors."""
         done: set[int] = set()
         started = self.clock()
-        out_of_memory = ""
+        out_of_memory = failure = ""
         try:
             async for index, outcome in self.engine.run([job.request for job in jobs]):
                 done.add(index)
                 self._finish(jobs[index], outcome)
         except EngineOutOfMemory as exc:
             out_of_memory = str(exc)
-        except Exception as exc:
-            logger.exception("engine failed on a batch of %d pages", len(jobs))
-            for index, job in enumerate(jobs):
-                if index not in done:
-                    self._finish(job, EngineError(f"engine error: {exc}"))
-            return
+        except Exception as exc:  # noqa: BLE001 - bisected below: the page at fault fails with it
+            logger.warning("engine failed on a batch of %d pages: %r", len(jobs), exc)
+            failure = str(exc) or repr(exc)
+        # Retried outside the except block: an error's traceback can hold the failed
+        # batch's device memory, and the halves need it back.
+        rest = [job for i, job in enumerate(jobs) if i not in done]
         if out_of_memory:
-            # Retried outside the except block: the error's traceback can hold the failed
-            # batch's device memory, and the halves need it back.
-            await self._retry_smaller([job for i, job in enumerate(jobs) if i not in done], out_of_memory)
-            return
-        self._record_batch(len(jobs), self.clock() - started)
+            await self._retry_out_of_memory(rest, out_of_memory)
+        elif failure:
+            await self._retry_failed(rest, failure)
+        else:
+            self._record_batch(len(jobs), self.clock() - started)
 
-    async def _retry_smaller(self, jobs: list[PageJob], error: str) -> None:
+    async def _retry_out_of_memory(self, jobs: list[PageJob], error: str) -> None:
         self.stats.oom_events += 1
         if len(jobs) == 1:
             self.stats.pages_too_large += 1
@@ -283,6 +278,15 @@ class Batcher:
             return
         self.cap.out_of_memory(len(jobs))
         logger.warning("out of memory on a batch of %d pages; retrying halves, cap now %d", len(jobs), self.cap.value)
+        await self._infer_halves(jobs)
+
+    async def _retry_failed(self, jobs: list[PageJob], error: str) -> None:
+        if len(jobs) == 1:
+            self._finish(jobs[0], EngineError(f"engine error: {error}"))
+            return
+        await self._infer_halves(jobs)
+
+    async def _infer_halves(self, jobs: list[PageJob]) -> None:
         half = len(jobs) // 2
         await self._infer(jobs[:half])
         await self._infer(jobs[half:])
@@ -294,6 +298,5 @@ class Batcher:
         stats.last_batch_size = size
         stats.engine_seconds += seconds
         self.cap.batch_fitted(size)
-        self.sink.batch_ran(size, seconds)
         if self.observer is not None:
             self.observer.batch_ran(size, seconds)

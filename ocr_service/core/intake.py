@@ -3,24 +3,31 @@
 An upload is opened off the event loop (format, page count, pixel bombs) before it is
 admitted, so a bad file is refused without a trace. A URL is admitted at once, holding
 one place in the queue, and fetched in the background; a bad URL fails its task.
+
+Downloads share `MAX_DOWNLOADS` slots fairly: one client, and one host, may use at most
+`MAX_DOWNLOADS_PER_KEY` of them, so one client's stalling URLs (or one slow host) cannot
+hold up everyone else's for the download timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ocr_service.core.ledger import WorkLedger
-from ocr_service.core.tasks import BatchJob, OcrParams, Task
+from ocr_service.core.tasks import BatchJob, Caller, OcrParams, Task
 from ocr_service.deepseek import with_image_tag
 from ocr_service.documents import DocumentError, DocumentLimits, open_document
 from ocr_service.documents.fetch import FetchError, UrlFetcher, check_url_syntax
 
 logger = logging.getLogger(__name__)
 
-MAX_CONCURRENT_DOWNLOADS = 16
+MAX_DOWNLOADS = 16
+MAX_DOWNLOADS_PER_KEY = 4  # per client, and per host
 
 
 @dataclass(frozen=True)
@@ -45,33 +52,69 @@ def normalize_prompt(prompt: str) -> str:
     return with_image_tag(prompt)
 
 
+class KeyedSlots:
+    """At most `per_key` holders per key: a semaphore per key, kept only while in use."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._slots: dict[str, tuple[asyncio.Semaphore, int]] = {}  # key -> (slots, users)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        slots, users = self._slots.get(key, (asyncio.Semaphore(self.per_key), 0))
+        self._slots[key] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            slots, users = self._slots[key]
+            if users == 1:
+                del self._slots[key]
+            else:
+                self._slots[key] = (slots, users - 1)
+
+
 class Intake:
     def __init__(self, ledger: WorkLedger, fetcher: UrlFetcher, limits: DocumentLimits) -> None:
         self.ledger = ledger
         self.fetcher = fetcher
         self.limits = limits
         self._downloads: dict[str, asyncio.Task[None]] = {}  # by task id
-        self._download_slots = asyncio.Semaphore(MAX_CONCURRENT_DOWNLOADS)
+        self._download_slots = asyncio.Semaphore(MAX_DOWNLOADS)
+        self._per_client = KeyedSlots(MAX_DOWNLOADS_PER_KEY)
+        self._per_host = KeyedSlots(MAX_DOWNLOADS_PER_KEY)
 
-    async def submit_upload(self, data: bytes, params: OcrParams, owner: str | None = None) -> Task:
+    async def submit_upload(self, data: bytes, params: OcrParams, caller: Caller) -> Task:
         """Admit an uploaded document; DocumentError for a bad one, QueueFull when full."""
-        self.ledger.check_room()  # before the work of opening it
+        self.ledger.check_room(caller.client)  # before the work of opening it
         document = await asyncio.to_thread(open_document, data, self.limits)
-        task = Task(params, owner=owner)
+        task = Task(params, owner=caller.owner, client=caller.client)
         await self.ledger.admit_document(task, document)
         return task
 
-    async def submit_url(self, url: str, params: OcrParams, owner: str | None = None) -> Task:
+    async def submit_url(self, url: str, params: OcrParams, caller: Caller) -> Task:
         """Admit a URL: it is fetched in the background; a bad URL fails the task."""
         check_url_syntax(url)
-        task = Task(params, url=url, owner=owner)
+        task = Task(params, url=url, owner=caller.owner, client=caller.client)
         await self.ledger.admit_pending([task])
         self._start_download(task)
         return task
 
-    async def submit_url_batch(self, urls: Sequence[str], params: OcrParams, owner: str | None = None) -> BatchJob:
-        """Admit a whole URL batch (it may push the queue past its limit); each URL stands alone."""
-        batch = BatchJob([Task(params, url=url, owner=owner) for url in urls], owner=owner)
+    async def submit_url_batch(
+        self,
+        urls: Sequence[str],
+        params: OcrParams,
+        caller: Caller,
+        required_kinds: Sequence[str | None] | None = None,
+    ) -> BatchJob:
+        """Admit a whole URL batch (it may push the queue past its limit); each URL stands alone.
+        `required_kinds` ("pdf" or None per URL) fails an item whose document is of another kind."""
+        kinds = required_kinds or [None] * len(urls)
+        tasks = [
+            Task(params, url=url, owner=caller.owner, client=caller.client, required_kind=kind)
+            for url, kind in zip(urls, kinds, strict=True)
+        ]
+        batch = BatchJob(tasks, owner=caller.owner)
         for task in batch.tasks:
             task.batch_id = batch.id
         await self.ledger.admit_pending(batch.tasks, batch)
@@ -96,10 +139,18 @@ class Intake:
             download.cancel()
 
     async def _download(self, task: Task) -> None:
+        url = task.url or ""
         try:
-            async with self._download_slots:
-                data = await self.fetcher.fetch(task.url or "")
+            async with (
+                self._per_client.hold(task.client),
+                self._per_host.hold(urlsplit(url).hostname or ""),
+                self._download_slots,
+            ):
+                data = await self.fetcher.fetch(url)
             document = await asyncio.to_thread(open_document, data, self.limits)
+            if task.required_kind is not None and document.kind != task.required_kind:
+                self.ledger.fail(task, f"Provided file is not a {task.required_kind.upper()}: {url}")
+                return
             self.ledger.document_arrived(task, document)
         except (FetchError, DocumentError) as exc:
             self.ledger.fail(task, f"{task.url}: {exc}")

@@ -60,3 +60,10 @@ class PageQueue:
             if job.task is task:
                 return position
         return None
+
+    def last_position(self, task: Task) -> int | None:
+        """How many pages wait ahead of this task's last waiting page."""
+        for position in range(len(self._jobs) - 1, -1, -1):
+            if self._jobs[position].task is task:
+                return position
+        return None

@@ -59,7 +59,9 @@ class Supervisor:
         logger.error("the batcher stopped (%s); failing unfinished work", cause, exc_info=exc)
         self.state = State.FAILED
         self.reason = f"the batcher stopped ({cause}); the service must be restarted"
-        self.ledger.stop_admitting(retry_after=30, reason="batcher_failed")
+        self.ledger.stop_admitting(
+            retry_after=30, reason="batcher_failed", detail=f"The service takes no work: {self.reason}."
+        )
         failed = self.ledger.fail_unfinished(f"the service could not finish this task: {self.reason}")
         logger.error("failed %d unfinished tasks", failed)
 
@@ -73,7 +75,11 @@ class Supervisor:
         if self.state is State.READY:
             self.state = State.DRAINING
             self.reason = "shutting down"
-        self.ledger.stop_admitting(retry_after=math.ceil(grace), reason="shutting_down")
+        self.ledger.stop_admitting(
+            retry_after=math.ceil(grace),
+            reason="shutting_down",
+            detail="The service is shutting down and takes no new work; send it to another replica or retry later.",
+        )
         waiting = self.ledger.fail_unfinished(
             "the service is shutting down before this task started; submit it again", waiting_only=True
         )

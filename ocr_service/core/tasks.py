@@ -43,6 +43,20 @@ class OcrParams:
     max_tokens: int
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who submits: the API key's fingerprint (a task is visible to its key alone; None
+    when keys are off) and the name quotas and fair shares count under (the key, else
+    the client's address)."""
+
+    owner: str | None
+    client: str
+
+    @classmethod
+    def anonymous(cls) -> Caller:
+        return cls(None, "local")
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -53,6 +67,8 @@ class Task:
     url: str | None = None  # None for uploads
     batch_id: str | None = None
     owner: str | None = None  # the API key's fingerprint where keys are on
+    client: str = "local"  # whose quota it counts against (see Caller)
+    required_kind: str | None = None  # "pdf" where the client said the URL is a PDF
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = 0.0
@@ -99,6 +115,11 @@ class Task:
     def set_page(self, index: int, page: PageResult) -> None:
         self.pages[index] = page
         self.completion_order.append(index)
+        self._touch()
+
+    def add_warning(self, warning: str) -> None:
+        if warning not in self.warnings:
+            self.warnings.append(warning)
         self._touch()
 
     def set_ended(self, status: TaskStatus, error: str | None = None) -> None:

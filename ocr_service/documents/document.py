@@ -31,9 +31,18 @@ class DocumentLimits:
 class Document(Protocol):
     """An opened document: validated, pages counted, nothing decoded yet."""
 
-    kind: str  # "image" or "pdf"
-    media_type: str  # from the bytes, e.g. "image/png", "application/pdf"
-    page_count: int
+    @property
+    def kind(self) -> str:
+        """ "image" or "pdf"."""
+        ...
+
+    @property
+    def media_type(self) -> str:
+        """From the bytes, e.g. "image/png", "application/pdf"."""
+        ...
+
+    @property
+    def page_count(self) -> int: ...
 
     @property
     def nbytes(self) -> int:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -36,21 +38,20 @@ _POINTS_PER_INCH = 72.0
 _WHITE = (255, 255, 255, 255)
 
 
+@dataclass(frozen=True)
 class PdfDocument:
     """A PDF upload: its encoded bytes and its page count."""
 
-    kind = "pdf"
-    media_type = "application/pdf"
-
-    def __init__(self, data: bytes, page_count: int, dpi: int, max_pixels: int) -> None:
-        self._data = data
-        self.page_count = page_count
-        self._dpi = dpi
-        self._max_pixels = max_pixels
+    data: bytes = field(repr=False)
+    page_count: int
+    dpi: int
+    max_pixels: int
+    kind: ClassVar[str] = "pdf"
+    media_type: ClassVar[str] = "application/pdf"
 
     @property
     def nbytes(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     @classmethod
     def open(cls, data: bytes, limits: DocumentLimits) -> PdfDocument:
@@ -72,9 +73,9 @@ class PdfDocument:
         if not 0 <= index < self.page_count:
             raise IndexError(f"page {index} of {self.page_count}")
         with _PDFIUM_LOCK:
-            pdf = _load(self._data)
+            pdf = _load(self.data)
             try:
-                return _rasterize(pdf, index, self._dpi, self._max_pixels)
+                return _rasterize(pdf, index, self.dpi, self.max_pixels)
             finally:
                 pdf.close()
 

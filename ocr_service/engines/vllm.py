@@ -67,7 +67,7 @@ def check_resolution_mode(mode: str) -> None:
             f"OCR_RESOLUTION_MODE={mode} is not available with OCR_ENGINE=vllm: vLLM counts "
             "DeepSeek-OCR's image tokens with fixed Gundam constants (1024 px global view plus "
             "640 px tiles), so any other mode fails on the first page. Use "
-            "OCR_RESOLUTION_MODE=gundam, or OCR_ENGINE=transformers, which takes the mode per request."
+            "OCR_RESOLUTION_MODE=gundam, or OCR_ENGINE=transformers (DeepSeek-OCR-2), which serves base and small too."
         )
 
 

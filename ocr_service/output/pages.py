@@ -57,6 +57,7 @@ class PageResult:
     # The pixel size of the page image the engine read: the space `blocks` are in.
     width: int = 0
     height: int = 0
+    warnings: tuple[str, ...] = ()  # what the engine could not do as asked, or did incompletely
 
     def as_dict(self) -> dict:
         out: dict = {} if self.page is None else {"page": self.page}
@@ -68,6 +69,8 @@ class PageResult:
             width=self.width,
             height=self.height,
         )
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 

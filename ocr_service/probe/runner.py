@@ -30,6 +30,15 @@ from ocr_service.probe.report import format_trial
 
 GiB = 1024**3
 DEFAULT_MAX_BATCH = 256
+CPU_PAGES_PER_THREAD = 4  # RapidOCR: past a few pages per thread, more in flight only queue up
+
+
+def default_max_batch(settings: Settings) -> int:
+    """The largest batch worth trying: 256 on the GPU engines; on RapidOCR the batch size
+    only caps the pages in flight across its threads, so a few per thread is plenty."""
+    if settings.engine == "rapidocr":
+        return CPU_PAGES_PER_THREAD * settings.rapidocr_threads
+    return DEFAULT_MAX_BATCH
 
 
 def looks_like_oom(exc: BaseException) -> bool:
@@ -252,7 +261,7 @@ def run_probe(
     settings: Settings,
     image: Image.Image,
     *,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_batch: int | None = None,
     memory_limit_gb: float | None = None,
     max_tokens: int | None = None,
     repeats: int = 1,
@@ -260,6 +269,7 @@ def run_probe(
     log: Callable[[str], None] = lambda line: None,
 ) -> ProbeResult:
     """Load the engine, search for the maximum batch, measure the headroom limit, recommend."""
+    max_batch = max_batch if max_batch is not None else default_max_batch(settings)
     limit = limit_gpu_memory(memory_limit_gb) if memory_limit_gb is not None else None
     if limit is not None and settings.engine == "vllm":
         # vLLM allocates in its own engine process, outside this process's torch cap:

@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-A4_AT_144_DPI = (1191, 1684)  # the upstream scripts rasterise PDFs at 144 dpi (DESIGN.md section 5)
+A4_AT_144_DPI = (1191, 1684)  # DeepSeek's own scripts rasterise PDFs at 144 dpi
 
 _PARAGRAPH = (
     "The service accepts images and PDF documents, places every page in a bounded queue and groups "
