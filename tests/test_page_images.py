@@ -110,11 +110,15 @@ async def test_the_oldest_document_is_evicted_past_the_budget_and_answers_410() 
         gone_crop = await client.get(f"/ocr/{old}/images/page-1-1.png")
         kept = await client.get(f"/ocr/{new}/pages/1/image")
         still_there = await client.get(f"/ocr/{old}")
+        stats = (await client.get("/stats")).json()
+        metrics = (await client.get("/metrics")).text
 
     assert gone.status_code == 410 and gone_crop.status_code == 410
     assert "OCR_KEEP_DOCUMENTS_MB" in gone.json()["detail"] and "raise" in gone.json()["detail"]
     assert kept.status_code == 200
     assert still_there.json()["status"] == "completed"  # the result itself stays
+    assert (stats["documents_kept"], stats["documents_kept_bytes"], stats["documents_evicted"]) == (1, len(second), 1)
+    assert f"ocr_documents_kept_bytes {float(len(second))}" in metrics and "ocr_documents_evicted_total 1.0" in metrics
 
 
 async def test_keeping_no_documents_answers_410_once_the_task_ended() -> None:

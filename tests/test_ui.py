@@ -184,7 +184,7 @@ def test_upload_read_pages_side_by_side_and_download(browser: sync_api.Browser, 
         session.close()
 
 
-def test_cancel_a_waiting_task(browser: sync_api.Browser, shots: Path, tmp_path: Path) -> None:
+def test_cancel_a_waiting_and_a_running_task(browser: sync_api.Browser, shots: Path, tmp_path: Path) -> None:
     files = []
     for number in range(3):
         path = tmp_path / f"page{number}.png"
@@ -207,6 +207,11 @@ def test_cancel_a_waiting_task(browser: sync_api.Browser, shots: Path, tmp_path:
         session.shot("cancelled")
         task_id = waiting.get_attribute("data-task-id")
         assert httpx.get(f"{service.url}/ocr/{task_id}").json()["status"] == "cancelled"
+        running = session.card("page0.png")
+        running.locator("button.cancel").click()  # a running task can be cancelled too
+        sync_api.expect(running.locator(".badge")).to_have_text("cancelled")
+        sync_api.expect(running.locator("button.cancel")).to_have_count(0)
+        session.shot("running-one-cancelled")
         assert not session.errors, session.errors
         session.close()
 
