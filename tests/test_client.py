@@ -298,9 +298,8 @@ def test_a_post_that_never_left_is_sent_again() -> None:
     assert client.counters.reconnects >= 1
 
 
-# Event streams. The server has no GET /ocr/{id}/events in this branch yet: `stream()` is
-# tested on events written to the documented contract, around a real task's JSON, served
-# over HTTP with a dropped connection; the test against the real endpoint runs once it exists.
+# Event streams: `stream()` is tested on events written to the documented contract, around a
+# real task's JSON, served over HTTP with a dropped connection, and against the real endpoint.
 
 
 @contextlib.contextmanager

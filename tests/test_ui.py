@@ -184,6 +184,39 @@ def test_upload_read_pages_side_by_side_and_download(browser: sync_api.Browser, 
         session.close()
 
 
+def test_truncated_and_failed_pages_are_marked_with_the_reason(browser: sync_api.Browser, shots: Path, tmp_path: Path) -> None:
+    scan = tmp_path / "long.png"
+    scan.write_bytes(encode(text_page(["a page with many words"], size=(600, 400))))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(encode(text_page(["the engine fails here"], size=(600, 400))))
+    with service_process(tmp_path, {"OCR_ENGINE": "fake"}) as service:
+        session = Session(browser, service.url, shots, "marked")
+        session.open()
+        page = session.page
+        page.select_option("#preset-select", "free")
+        page.fill("#max-tokens-input", "2")  # the fake engine counts words as tokens: it reads 3
+        page.set_input_files("#file-input", [str(scan)])
+        page.click("#submit-button")
+        card = session.card("long.png")
+        sync_api.expect(card.locator(".task-status")).to_have_text("1 page · 1 truncated", timeout=20_000)
+        sync_api.expect(page.locator("#page-banner.warning")).to_contain_text("stopped at max_tokens (2)")
+        sync_api.expect(page.locator("#page-strip")).to_be_hidden()
+        session.shot("truncated")
+
+        page.select_option("#preset-select", "custom")
+        page.fill("#prompt-input", "<image>\nFree OCR. [fake:fail]")  # the fake engine fails such a page
+        page.fill("#max-tokens-input", "100")
+        page.set_input_files("#file-input", [str(broken)])
+        page.click("#submit-button")
+        failed = session.card("broken.png")
+        sync_api.expect(failed.locator(".badge")).to_have_text("failed", timeout=20_000)
+        failed.locator(".task-open").click()
+        sync_api.expect(page.locator("#page-banner.error")).to_contain_text("the task failed. page 1: fake engine failed")
+        session.shot("failed")
+        assert not session.errors, session.errors
+        session.close()
+
+
 def test_cancel_a_waiting_and_a_running_task(browser: sync_api.Browser, shots: Path, tmp_path: Path) -> None:
     files = []
     for number in range(3):

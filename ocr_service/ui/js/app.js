@@ -560,29 +560,30 @@ function renderStrip(task) {
 }
 
 function renderBanner(task, page) {
-  const banner = $("page-banner");
-  let text = "";
+  const lines = [];
   let kind = "info";
-  if (page && page.truncated) {
-    kind = "warning";
-    text =
-      `Page ${page.page} stopped at max tokens (finish_reason "${page.finish_reason}"): its text is incomplete, ` +
-      "usually because the model repeated itself. Raise max tokens or check the page.";
-  } else if (!page && task.status === "failed") {
+  if (page) {
+    if (page.truncated) kind = "warning";
+    lines.push(...(page.warnings || []).map((warning) => `Page ${page.page}: ${warning}`));
+    if (page.truncated && !lines.length) {
+      lines.push(`Page ${page.page} stopped at max tokens: its text is incomplete, usually because the model repeated itself.`);
+    }
+  } else if (task.status === "failed") {
     kind = "error";
-    text = `Page ${state.page} was not read: the task failed. ${task.error || ""}`;
-  } else if (!page && task.status === "cancelled") {
-    text = `Page ${state.page} was not read: the task was cancelled.`;
-  } else if (!page && task.status === "expired") {
+    lines.push(`Page ${state.page} was not read: the task failed. ${task.error || ""}`);
+  } else if (task.status === "cancelled") {
+    lines.push(`Page ${state.page} was not read: the task was cancelled.`);
+  } else if (task.status === "expired") {
     kind = "error";
-    text = task.error || "This task has expired on the server.";
-  } else if (!page && task.pagesTotal) {
-    text = task.status === "processing" ? `Reading page ${state.page}…` : "Waiting in the queue…";
-  } else if (!task.pagesTotal && !task.ended) {
-    text = "Waiting for the document…";
+    lines.push(task.error || "This task has expired on the server.");
+  } else if (task.pagesTotal) {
+    lines.push(task.status === "processing" ? `Reading page ${state.page}…` : "Waiting in the queue…");
+  } else if (!task.ended) {
+    lines.push("Waiting for the document…");
   }
-  banner.hidden = !text;
-  banner.textContent = text;
+  const banner = $("page-banner");
+  banner.hidden = !lines.length;
+  banner.replaceChildren(...lines.map((line) => el("p", {}, line)));
   banner.className = `banner ${kind}`;
 }
 
