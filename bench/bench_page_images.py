@@ -9,6 +9,10 @@ every page image and every figure crop, and reads RSS again. Prints ONE JSON lin
     python bench/bench_page_images.py                       # 200 three-page PDFs, OCR_KEEP_DOCUMENTS_MB=256
     python bench/bench_page_images.py --keep-mb 0           # the same, keeping no documents
     python bench/bench_page_images.py --keep-mb 64          # a budget smaller than the documents: oldest evicted
+
+glibc keeps much of the heap that decoded pages freed, so RSS also grows when nothing is kept;
+run with MALLOC_MMAP_THRESHOLD_=131072 (the service inherits it) to see what is held.
+bench/results/cpu_page_images_keep*_{mmap,glibc_default}.json hold the runs docs/ui.md reports.
 """
 
 from __future__ import annotations
