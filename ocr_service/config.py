@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+from ocr_service.deepseek import DEFAULT_PROMPT
 
 EngineName = Literal["rapidocr", "vllm", "transformers", "fake"]
 
@@ -22,6 +22,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        populate_by_name=True,  # OCR_DEVICES also answers to CUDA_VISIBLE_DEVICES
     )
 
     # Engine and model
@@ -31,6 +32,13 @@ class Settings(BaseSettings):
     max_model_len: int = Field(8192, ge=256)
     tensor_parallel_size: int = Field(1, ge=1)
     resolution_mode: Literal["tiny", "small", "base", "large", "gundam"] = "gundam"
+    # Engine worker processes: unset = one per GPU (or per group of OCR_TENSOR_PARALLEL_SIZE GPUs)
+    # for the GPU engines and none (the engine in the service's process) for the CPU ones.
+    engine_workers: int | None = Field(None, ge=0)
+    # GPUs to use, e.g. "0,1"; empty = CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists.
+    devices: str = Field("", validation_alias=AliasChoices("OCR_DEVICES", "CUDA_VISIBLE_DEVICES"))
+    warmup_tokens: int = Field(32, ge=0)  # tokens a page of the warm-up batch generates (0 = no warm-up)
+    ignore_eos: bool = False  # benchmarks: every page generates exactly its max_tokens (GPU engines)
 
     # Batching and admission
     batch_size: int = Field(8, ge=1, le=1024)
@@ -88,6 +96,11 @@ class Settings(BaseSettings):
 
     # RapidOCR engine
     rapidocr_threads: int = Field(2, ge=1, le=64)
+
+    @field_validator("engine_workers", mode="before")
+    @classmethod
+    def _empty_means_automatic(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod

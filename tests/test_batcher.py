@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -13,7 +14,7 @@ from ocr_service.core import batcher as batcher_module
 from ocr_service.core.batcher import BatchCap, Batcher, BatchPolicy, flush_delay
 from ocr_service.core.queue import PageJob, PageQueue
 from ocr_service.core.tasks import OcrParams, Task
-from ocr_service.engines.base import DecodedPage, EngineError, PageOutcome, PageOutput, PageRequest
+from ocr_service.engines.base import DecodedPage, EngineError, ImagePage, PageOutcome, PageOutput, PageRequest
 from ocr_service.engines.fake import FAIL_MARKER, FakeEngine
 from tests.helpers import solid_image
 
@@ -249,3 +250,70 @@ async def test_an_error_that_takes_a_batch_down_fails_only_the_page_at_fault() -
         else:
             assert isinstance(outcome, PageOutput), outcome
     assert rig.batcher.cap.value == 8  # not a memory problem: the cap stays
+
+
+class GatedEngine(FakeEngine):
+    """The fake engine whose model waits for the test's go, and which records each page it prepares."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.prepared: list[str] = []
+        self.all_prepared = threading.Event()
+        self.expected = expected
+        self._lock = threading.Lock()
+
+    def prepare_page(self, page: DecodedPage) -> None:
+        with self._lock:
+            self.prepared.append(page.prompt)
+            if len(self.prepared) == self.expected:
+                self.all_prepared.set()
+
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
+        self.go.wait(30)
+        return super().predict(pages)
+
+
+def keyed_job(seed: int, clock: Clock) -> PageJob:
+    task = Task(OcrParams(f"<image>\npage {seed}", 0.0, 100))
+    request = PageRequest(ImagePage(solid_image(seed)), f"<image>\npage {seed}", 0.0, 100, key=f"{task.id}/0")
+    return PageJob(task, 0, request, arrived_at=clock())
+
+
+async def test_the_next_batch_is_prepared_while_one_runs_and_stays_in_the_queue() -> None:
+    engine = GatedEngine(expected=8)
+    async with Rig(engine, batch_size=4, policy="adaptive") as rig:
+        rig.put(*(keyed_job(seed, rig.clock) for seed in range(8)))
+        await asyncio.to_thread(engine.all_prepared.wait, 10)  # batch 2 prepared while batch 1 runs
+        assert len(rig.queue) == 4  # still waiting: cancellable, in its place
+        engine.go.set()
+        await rig.sink.wait_for(8)
+    assert sorted(engine.prepared) == sorted(f"<image>\npage {seed}" for seed in range(8))  # each page once
+    assert [len(batch) for batch in rig.sink.started] == [4, 4]
+
+
+async def test_pages_waiting_for_companions_are_prepared_while_they_wait() -> None:
+    engine = GatedEngine(expected=3)
+    engine.go.set()
+    async with Rig(engine, batch_size=4, policy="timeout", timeout=2.0) as rig:
+        rig.put(*(keyed_job(seed, rig.clock) for seed in range(3)))
+        await asyncio.to_thread(engine.all_prepared.wait, 10)  # prepared before their batch goes
+        assert rig.sink.started == []
+        rig.put(keyed_job(3, rig.clock))  # the fourth: the batch is full and goes
+        await rig.sink.wait_for(4)
+    assert sorted(engine.prepared) == sorted(f"<image>\npage {seed}" for seed in range(4))  # none twice
+
+
+async def test_a_hinted_page_that_is_cancelled_is_dropped() -> None:
+    engine = GatedEngine(expected=8)
+    async with Rig(engine, batch_size=4, policy="adaptive") as rig:
+        jobs = [keyed_job(seed, rig.clock) for seed in range(8)]
+        rig.put(*jobs)
+        await asyncio.to_thread(engine.all_prepared.wait, 10)
+        rig.queue.discard(jobs[5].task)  # a hinted page is cancelled before its batch forms
+        engine.go.set()
+        await rig.sink.wait_for(7)
+    assert len(engine.prepared) == 8  # its preparation is wasted, no other page is prepared twice
+    finished = {id(job) for job, _ in rig.sink.finished}
+    assert id(jobs[5]) not in finished and len(finished) == 7
+    assert all(isinstance(outcome, PageOutput) for _, outcome in rig.sink.finished)

@@ -6,6 +6,11 @@ has waited `timeout` seconds (the clock starts at that page's arrival). Under th
 for companions only pays while the engine is busy, and while it is busy the queue
 grows by itself. `flush_delay` is that rule, alone.
 
+While pages wait (the engine is full, or a batch waits for companions), the ones that
+will make the next batch are hinted to an engine that can prepare them ahead
+(`Prefetching`): they stay in the queue, so they can still be cancelled and keep their
+place; only the engine's work on them is speculative.
+
 Each page keeps its own request. The batcher reports every page's outcome to a
 `PageSink` (the ledger) the moment the engine returns it, and frees that page's slot
 at once, so an engine that returns pages as they finish (vLLM, RapidOCR) takes new
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ocr_service.core.queue import PageJob, PageQueue
-from ocr_service.engines.base import Engine, EngineError, EngineOutOfMemory, PageOutcome
+from ocr_service.engines.base import Engine, EngineError, EngineOutOfMemory, PageOutcome, Parallel, Prefetching
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +154,9 @@ class Batcher:
         self.clock = clock
         self.cap = BatchCap(batch_size)
         self.stats = BatcherStats()
+        self._prefetcher = engine if isinstance(engine, Prefetching) else None
+        # Each instance of an engine made of several (workers, replicas) takes batches of its own.
+        self._instances = engine.instances if isinstance(engine, Parallel) else 1
         self._in_flight: set[PageJob] = set()
         self._batches: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
@@ -175,8 +183,10 @@ class Batcher:
                 )
                 if room > 0 and delay == 0:
                     self._launch(self.queue.take(room))
-                else:
-                    await self._sleep_until_woken(None if room <= 0 else delay)
+                    await asyncio.sleep(0)  # the batch reaches its engine before the next one is hinted
+                    continue
+                self._hint_next_batch()
+                await self._sleep_until_woken(None if room <= 0 else delay)
         finally:
             for batch in self._batches:
                 batch.cancel()
@@ -189,11 +199,17 @@ class Batcher:
     # -- forming batches -------------------------------------------------------
 
     def _room(self) -> int:
-        """Pages the engine may take now (0 while it holds as many batches as it allows)."""
+        """Pages the next batch may take now: at most the cap, within the cap per engine
+        instance in flight (0 while the engine holds as many batches as it allows)."""
         limit = self.engine.max_batches_in_flight
         if limit is not None and len(self._batches) >= limit:
             return 0
-        return max(0, self.cap.value - len(self._in_flight))
+        return max(0, min(self.cap.value, self.cap.value * self._instances - len(self._in_flight)))
+
+    def _hint_next_batch(self) -> None:
+        """Let the engine prepare the pages that will make the next batch while they wait."""
+        if self._prefetcher is not None and len(self.queue):
+            self._prefetcher.prefetch([job.request for job in self.queue.peek(self.cap.value)])
 
     def _raise_if_crashed(self) -> None:
         if self._crash is not None:

@@ -167,7 +167,13 @@ class WorkLedger(PageSink):
             PageJob(
                 task,
                 index,
-                PageRequest(PageRef(document, index), task.params.prompt, task.params.temperature, task.params.max_tokens),
+                PageRequest(
+                    PageRef(document, index),
+                    task.params.prompt,
+                    task.params.temperature,
+                    task.params.max_tokens,
+                    key=f"{task.id}/{index}",
+                ),
                 now,
             )
             for index in range(document.page_count)

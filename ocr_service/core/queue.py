@@ -45,6 +45,10 @@ class PageQueue:
     def take(self, count: int) -> list[PageJob]:
         return [self._jobs.popleft() for _ in range(min(count, len(self._jobs)))]
 
+    def peek(self, count: int) -> list[PageJob]:
+        """The next `count` pages, left in the queue."""
+        return [self._jobs[i] for i in range(min(count, len(self._jobs)))]
+
     def oldest_arrival(self) -> float | None:
         return self._jobs[0].arrived_at if self._jobs else None
 

@@ -15,6 +15,17 @@ from ocr_service.core.batcher import Batcher
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.supervisor import Supervisor
 from ocr_service.core.tasks import TaskStatus
+from ocr_service.engines.base import Engine
+from ocr_service.engines.workers import WorkerPool
+
+
+class WorkerView(BaseModel):
+    id: int
+    pid: int | None
+    device: str = Field(description="CUDA_VISIBLE_DEVICES of the worker; empty when not pinned")
+    state: str = Field(description="starting, ready, restarting or stopped")
+    pages_in_flight: int
+    restarts: int
 
 
 class ServiceStatus(BaseModel):
@@ -48,6 +59,9 @@ class ServiceStatus(BaseModel):
     documents_kept_bytes: int = Field(description="Their encoded size, at most OCR_KEEP_DOCUMENTS_MB")
     documents_evicted: int = Field(description="Documents dropped (oldest first) to stay within OCR_KEEP_DOCUMENTS_MB")
     uptime_s: float
+    workers: list[WorkerView] | None = Field(None, description="The engine's worker processes, where it runs in them")
+
+
 
 
 def snapshot(ledger: WorkLedger, batcher: Batcher, supervisor: Supervisor) -> ServiceStatus:
@@ -86,4 +100,11 @@ def snapshot(ledger: WorkLedger, batcher: Batcher, supervisor: Supervisor) -> Se
         documents_kept_bytes=kept.bytes,
         documents_evicted=kept.evicted,
         uptime_s=round(time.time() - supervisor.started_at, 1),
+        workers=_workers(batcher.engine),
     )
+
+
+def _workers(engine: Engine) -> list[WorkerView] | None:
+    if not isinstance(engine, WorkerPool):
+        return None
+    return [WorkerView(**vars(worker)) for worker in engine.workers()]

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from ocr_service.core.batcher import Batcher
 from ocr_service.core.ledger import WorkLedger
+from ocr_service.engines.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,13 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         alive = self._batcher_task is not None and not self._batcher_task.done()
-        return self.state is State.READY and alive
+        return self.state is State.READY and alive and self.engine_healthy
+
+    @property
+    def engine_healthy(self) -> bool:
+        """False while an engine in worker processes has none alive (they are restarting)."""
+        engine = self.batcher.engine
+        return engine.healthy() if isinstance(engine, WorkerPool) else True
 
     def _batcher_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.state is not State.READY:

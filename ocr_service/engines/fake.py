@@ -9,6 +9,8 @@ than the budget raises `EngineOutOfMemory`, as the real engines do.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from ocr_service.engines.base import (
 )
 
 FAIL_MARKER = "[fake:fail]"
+CRASH_MARKER = "[fake:crash]"  # kills the process running the engine: for engine-worker fault tests
 MB = 1024 * 1024
 
 
@@ -77,6 +80,8 @@ class FakeEngine(BatchEngine):
         return [self._read(page) for page in pages]
 
     def _read(self, page: DecodedPage) -> PageOutcome:
+        if CRASH_MARKER in page.prompt:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a segfault in a kernel would
         if FAIL_MARKER in page.prompt:
             return EngineError(f"fake engine failed on this page as its prompt asked ({FAIL_MARKER})")
         text = fake_text(page)

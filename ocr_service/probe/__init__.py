@@ -18,6 +18,7 @@ This is a command-line tool, not part of the service: it drives the engine from 
 own event loop, one batch at a time, and reads no environment itself.
 """
 
+from ocr_service.engines.sample_page import render_test_page
 from ocr_service.probe.curve import (
     Recommendation,
     Trial,
@@ -39,7 +40,6 @@ from ocr_service.probe.runner import (
     default_max_batch,
     run_probe,
 )
-from ocr_service.probe.sample_page import render_test_page
 
 __all__ = [
     "DEFAULT_MAX_BATCH",

@@ -1,4 +1,4 @@
-"""The probe's default page: a rendered A4 text page with a table."""
+"""A rendered A4 text page with a table: the batch-size probe's default page and the warm-up page."""
 
 from __future__ import annotations
 
