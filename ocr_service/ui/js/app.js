@@ -18,6 +18,7 @@ const STREAMS_AT_ONCE = 3; // browsers allow 6 connections per host; leave room 
 const POLL_MS = 2000; // tasks without a stream are polled
 const MAX_BACKOFF_MS = 30000;
 const REMEMBERED_TASKS = 30;
+const BLOBS_PER_TASK = 40; // page images and figures kept in this browser per task
 const TASKS_STORAGE = "ocr.tasks";
 const PRESETS = [
   ["markdown", "Convert to Markdown, with layout"],
@@ -228,9 +229,9 @@ async function onSubmit(event) {
   const files = state.chosen.splice(0);
   renderChosen();
   $("url-input").value = "";
-  const jobs = files.map((file) => [file.name, () => submitFile(file, params)]);
-  if (address) jobs.push([address, () => submitUrl(address, params)]);
-  for (const [name, send] of jobs) {
+  const jobs = files.map((file) => [file.name, () => submitFile(file, params), file]);
+  if (address) jobs.push([address, () => submitUrl(address, params), null]);
+  for (const [name, send, file] of jobs) {
     const task = newTask(null, name);
     task.status = "uploading";
     renderTasks();
@@ -245,7 +246,6 @@ async function onSubmit(event) {
       if (err instanceof ApiError && err.status === 401) {
         // Nothing was submitted: keep the document for another try once the key is right.
         state.tasks = state.tasks.filter((t) => t !== task);
-        const file = files.find((f) => f.name === name);
         if (file) state.chosen.push(file);
         else $("url-input").value = name;
         renderChosen();
@@ -334,7 +334,7 @@ async function follow(task) {
       } catch (err) {
         followFailed(task, err);
       }
-      changed(task);
+      changed();
     }
     if (!task.ended && !task.removed) await sleep(Math.min(MAX_BACKOFF_MS, delay * 2 ** task.failures));
   }
@@ -359,7 +359,7 @@ function followFailed(task, err) {
   } else {
     task.message = `connection lost (${err.message}); retrying`;
   }
-  changed(task);
+  changed();
 }
 
 function onEvent(task, event) {
@@ -372,7 +372,7 @@ function onEvent(task, event) {
   } else if (["done", "failed", "cancelled"].includes(event.event)) {
     finish(task, data);
   }
-  changed(task);
+  changed();
 }
 
 function applyProgress(task, status, progress, queuePosition, estimatedWait) {
@@ -402,13 +402,13 @@ async function onCancel(task) {
     toast(task.message);
     onApiError(err);
   }
-  changed(task);
+  changed();
 }
 
 function removeTask(task) {
   task.removed = true;
   task.abort.abort();
-  for (const blobUrl of task.blobs.values()) URL.revokeObjectURL(blobUrl);
+  for (const pending of task.blobs.values()) pending.then((blobUrl) => URL.revokeObjectURL(blobUrl), () => {});
   state.tasks = state.tasks.filter((t) => t !== task);
   if (state.selected === task) state.selected = null;
   remember();
@@ -424,7 +424,7 @@ function select(task) {
 }
 
 let renderQueued = false;
-function changed(task) {
+function changed() {
   if (renderQueued) return;
   renderQueued = true;
   requestAnimationFrame(() => {
@@ -432,7 +432,6 @@ function changed(task) {
     renderTasks();
     if (state.selected && !state.selected.removed) renderViewer();
   });
-  return task;
 }
 
 // -- the task list -------------------------------------------------------------------
@@ -678,12 +677,24 @@ function highlight(index, from) {
   if (from === "text" && rects[0]) rects[0].scrollIntoView({ block: "nearest", behavior: "smooth" });
 }
 
+// Images of a task, fetched once each; the least recently used beyond BLOBS_PER_TASK are let go.
 async function loadBlob(task, path) {
-  if (!task.blobs.has(path)) task.blobs.set(path, fetchBlobUrl(path));
+  let pending = task.blobs.get(path);
+  if (pending) {
+    task.blobs.delete(path); // re-inserted below: most recently used last
+  } else {
+    pending = fetchBlobUrl(path);
+  }
+  task.blobs.set(path, pending);
+  while (task.blobs.size > BLOBS_PER_TASK) {
+    const [oldest, stale] = task.blobs.entries().next().value;
+    task.blobs.delete(oldest);
+    stale.then((blobUrl) => URL.revokeObjectURL(blobUrl), () => {});
+  }
   try {
-    return await task.blobs.get(path);
+    return await pending;
   } catch (err) {
-    task.blobs.delete(path); // try again next time
+    if (task.blobs.get(path) === pending) task.blobs.delete(path); // try again next time
     throw err;
   }
 }
