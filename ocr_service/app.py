@@ -17,19 +17,22 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from ocr_service import __version__
-from ocr_service.api import ops
+from ocr_service.api import events, ops, page_images, ui
 from ocr_service.api.errors import add_error_handlers
 from ocr_service.api.limits import AdmissionGate, BodyLimitMiddleware
 from ocr_service.api.middleware import RequestObserver
 from ocr_service.api.ratelimit import RateLimitMiddleware
 from ocr_service.api.routes import MULTIPART_OVERHEAD, router
 from ocr_service.api.security import ApiKeys
+from ocr_service.api.slots import Slots
 from ocr_service.api.state import ApiConfig, AppState, Services, state_of
 from ocr_service.config import Settings
 from ocr_service.core.batcher import Batcher
 from ocr_service.core.intake import Defaults, Intake
+from ocr_service.core.keeper import DocumentKeeper
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
+from ocr_service.core.page_images import PageImages
 from ocr_service.core.queue import PageQueue
 from ocr_service.core.redis_store import RedisTaskStore
 from ocr_service.core.sqlite_store import SqliteTaskStore
@@ -38,7 +41,7 @@ from ocr_service.core.supervisor import Supervisor
 from ocr_service.documents import DecoderPool, DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
-from ocr_service.engines.registry import build_engine
+from ocr_service.engines.registry import build_engine, resolution_mode_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await asyncio.to_thread(the_engine.load)
         store = build_store(settings)
         queue = PageQueue()
+        keeper = DocumentKeeper(settings.keep_documents_bytes)
         ledger = WorkLedger(
             store,
             queue,
@@ -61,6 +65,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             max_stored=settings.max_stored_tasks,
             max_stored_per_client=settings.max_stored_tasks_per_client,
             expiry_interval=settings.cleanup_interval,
+            keeper=keeper,
         )
         batcher = Batcher(
             queue,
@@ -80,7 +85,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         ledger.count_kept(restored.finished)
         await intake.resume(restored.unfinished)
         supervisor = Supervisor(ledger, batcher, keep_unfinished=store.keeps_work)
-        services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor, decoder=decoder)
+        services = Services(
+            ledger=ledger,
+            intake=intake,
+            batcher=batcher,
+            supervisor=supervisor,
+            decoder=decoder,
+            page_images=PageImages(keeper),
+            event_streams=Slots(events.MAX_EVENT_STREAMS),
+        )
         state.metrics.watch(services.status)
         supervisor.start()
         state.services = services
@@ -107,6 +120,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.ocr = state
     app.include_router(ops.router)
     app.include_router(router)
+    app.include_router(events.router)
+    app.include_router(page_images.router)
+    app.include_router(ui.router)
+    ui.mount_ui(app)
     add_error_handlers(app)
     app.add_middleware(AdmissionGate, state=state)
     app.add_middleware(
@@ -144,6 +161,9 @@ def api_config(settings: Settings) -> ApiConfig:
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_urls=settings.max_batch_urls,
         sync_timeout=settings.sync_timeout,
+        engine=settings.engine,
+        resolution_mode=resolution_mode_of(settings),
+        max_pdf_pages=settings.max_pdf_pages,
     )
 
 

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     cleanup_interval: float = Field(300, gt=0)
     max_stored_tasks: int = Field(100_000, ge=1)  # tasks held (waiting, running, finished within the TTL)
     max_stored_tasks_per_client: int = Field(10_000, ge=1)  # the same, per API key or client address
+    keep_documents_mb: float = Field(256, ge=0)  # ended tasks' documents kept for page images; 0 = none
 
     # Inputs
     max_image_size_mb: float = Field(20, gt=0)
@@ -161,6 +162,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    @property
+    def keep_documents_bytes(self) -> int:
+        return int(self.keep_documents_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -55,6 +55,9 @@ class PageResult:
     # Never to be shown as a clean success.
     truncated: bool
     page: int | None = None  # 1-based page number, when known
+    # The pixel size of the page image the engine read: the space `blocks` are in.
+    width: int = 0
+    height: int = 0
     warnings: tuple[str, ...] = ()  # what the engine could not do as asked, or did incompletely
 
     def as_dict(self) -> dict:
@@ -64,6 +67,8 @@ class PageResult:
             blocks=[block.as_dict() for block in self.blocks],
             finish_reason=self.finish_reason,
             truncated=self.truncated,
+            width=self.width,
+            height=self.height,
         )
         if self.warnings:
             out["warnings"] = list(self.warnings)
@@ -107,6 +112,8 @@ def build_page(
         finish_reason=finish_reason,
         truncated=finish_reason == "length",
         page=page_number,
+        width=width,
+        height=height,
     )
 
 
