@@ -163,6 +163,39 @@ def test_a_slightly_rotated_scan_reads_as_the_upright_one(degrees: float) -> Non
     assert order(rotated(page, degrees, centre=(0, 0))) == LEFT + RIGHT
 
 
+def test_an_index_whose_entries_end_in_page_numbers_is_read_column_by_column() -> None:
+    # Two columns of "entry . . . page" on one baseline grid; the engine splits the number off.
+    left = [("closing files . .", "74"), ("colour names . . .", "16"), ("column data", "95, 135"), ("commands", "8")]
+    right = [("contours . . .", "23"), ("contributors", "241"), ("conversion . .", "160"), ("copyright", "ii")]
+    blocks = []
+    for n, ((text_l, page_l), (text_r, page_r)) in enumerate(zip(left, right, strict=True)):
+        top = 100 + n * PITCH
+        blocks += [box(100, top, 100 + 14 * len(text_l), top + LINE, text_l), box(500, top, 560, top + LINE, page_l)]
+        blocks += [box(620, top, 620 + 14 * len(text_r), top + LINE, text_r), box(1020, top, 1080, top + LINE, page_r)]
+    markdown = lay_out(shuffled(blocks)).markdown
+    assert markdown.split("\n\n") == ["\n".join(f"{text} {page}" for text, page in side) for side in (left, right)]
+
+
+def test_a_wide_table_is_read_row_by_row_not_cut_into_columns() -> None:
+    # Five columns, the widest gap in the middle: both halves are wide, but their rows are cells.
+    rows = [
+        ("package", "popcon", "size", "keyword", "description"),
+        ("docbook-to-man", "V:0, I:10", "191", "SGML", "converter from DocBook SGML into roff man macros"),
+        ("help2man", "V:0, I:8", "542", "text", "automatic manpage generator from --help"),
+        ("info2man", "V:0, I:0", "134", "info", "converter from GNU info to POD or man pages"),
+    ]
+    blocks = [
+        box(x, 100 + n * PITCH, x + 12 * len(text), 124 + n * PITCH, text)
+        for n, row in enumerate(rows)
+        for x, text in zip((100, 330, 500, 580, 700), row, strict=True)
+    ]
+    assert lay_out(shuffled(blocks)).markdown.split("\n")[2:] == [
+        "| docbook-to-man | V:0, I:10 | 191 | SGML | converter from DocBook SGML into roff man macros |",
+        "| help2man | V:0, I:8 | 542 | text | automatic manpage generator from --help |",
+        "| info2man | V:0, I:0 | 134 | info | converter from GNU info to POD or man pages |",
+    ]
+
+
 def test_indented_lines_of_one_column_stay_in_order() -> None:
     # Code: indented lines take turns with unindented ones, never side by side.
     code = [(0, "if ready:"), (1, "start()"), (0, "else:"), (1, "wait()"), (1, "retry()"), (0, "done()")]

@@ -12,20 +12,24 @@ in five steps, all on the boxes' geometry:
    height or line pitch, whichever is smaller) of a row's first box form one row. The
    tolerance never grows with the row, so rows of two columns offset by half a line
    cannot chain into one.
-3. Columns: a recursive XY-cut over the rows. A vertical gap that runs through all rows
-   of a region is a column gutter when the rows on its two sides sit beside each other
-   (within 0.75 line pitch) and either do not share baselines, or share them but both
-   sides are wide text columns with three or more rows. Otherwise it is the gap inside
-   table rows or between a table-of-contents title and its page number, and the rows are
-   read across. Without a gutter through the whole region, consecutive rows that share
-   a gap form bands that are cut on their own (a title above two columns, columns below
-   a full-width paragraph).
-4. Blocks. Consecutive rows of a column form a paragraph until the gap to the next row
-   exceeds 1.45 line pitches or the next row starts elsewhere. A row clearly taller than
-   the page's lines (1.5 x median height, 2 x for a top-level heading) is a heading; rows
-   that start with a bullet or a number, two or more of them aligned, are a list; three
-   or more rows split into the same aligned cells (gaps over a line height) are a table,
-   unless their last cells are page numbers (a table of contents: each entry one line).
+3. Columns: a recursive XY-cut over the rows. Consecutive rows that one vertical gap runs
+   through form a band (a title across two columns ends one; so does a blank stretch
+   of a line or more, unless the same gutter goes on below it). A band's gap is a column
+   gutter when the rows on its two sides sit beside each other (within 0.75 line pitch,
+   not taking turns down the page like indented code) and either do not share
+   baselines, or share them but both sides are wide (a fifth of the band or more) and
+   hold three or more lines of text each, not rows of table cells (an index entry
+   with its page numbers counts as a line). Otherwise the gap is inside table rows or
+   between a table-of-contents title and its page number, and the rows are read across.
+   Columns are read left to right, each cut again the same way.
+4. Blocks. Consecutive rows of a column form a paragraph until the next row is more
+   than 1.45 line pitches lower or does not overlap it sideways. A row clearly taller
+   than the page's lines (1.5 x the median height; 2 x for a top-level heading) is a
+   heading; two or more rows that start at one x with a bullet glyph, or with numbers
+   counting up ("1.", "2."), are a list ("-", "*" and "+" are not taken as bullets: in
+   manuals they start diffs, options and code as often); three or more rows split into
+   the same aligned cells (gaps over a line height) are a table, unless their last cells
+   are page numbers (a table of contents keeps "title 12" on one line).
 5. Markdown. Recognised text is escaped (`escape.escape_markdown`), so only the
    structure found here is Markdown syntax. A paragraph keeps one source line per page
    line (they render as one paragraph).
@@ -80,8 +84,10 @@ _SKEW_GAIN = 1.1
 _ROW_TOLERANCE = 0.4
 # Columns: rows of two sides "sit beside each other" within this many line pitches.
 _BESIDE = 0.75
-# Columns that share baselines must each be at least this share of the region's width.
+# Columns that share baselines must each be at least this share of the region's width,
+# and at most this share of their rows may be split into cells (other than page numbers).
 _MIN_COLUMN_SHARE = 0.2
+_MAX_TABLE_ROWS = 0.2
 # A new paragraph starts when the next row is more than this many pitches lower.
 _PARAGRAPH_PITCHES = 1.45
 # Headings: row height over the median line height.
@@ -100,7 +106,8 @@ _MAX_DEPTH = 40  # nested cuts; real pages need a handful
 # an option or code as a list item.
 _BULLET = re.compile(r"^([•●○◦▪■□‣∙·])\s*(\S.*)$")
 _NUMBERED = re.compile(r"^(\d{1,3})([.)])\s+(\S.*)$")
-_PAGE_NUMBER = re.compile(r"^[.·…\s]*(\d{1,4}|[ivxlcdm]{1,7})$", re.IGNORECASE)
+# Page numbers after a TOC or index entry: "12", ". . 12", "xii", "95, 135", "12-14".
+_PAGE_NUMBERS = re.compile(r"^[.·…\s]*(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*[,–-]\s*(?:\d{1,4}|[ivxlcdm]{1,7}))*$")
 
 
 @dataclass(frozen=True)
@@ -422,9 +429,22 @@ def _is_gutter(left: list[_Row], right: list[_Row], shared: int, width: float, s
         return False  # the sides take turns down the page: indented lines of one column
     if shared < 0.6 * len(fewer):
         return True  # side by side on baselines of their own: columns
-    # Shared baselines: a table, a table of contents, or columns set on one grid.
+    # Shared baselines: a table, a table of contents, or columns set on one grid. Columns
+    # are wide, and their rows are lines of text (or index entries with their page
+    # numbers), not rows of table cells.
     wide = max(_MIN_COLUMN_SHARE * width, 6 * scale.height)
-    return min(len(left), len(right)) >= 3 and all(_extent(side) >= wide for side in (left, right))
+    return min(len(left), len(right)) >= 3 and all(
+        _extent(side) >= wide and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side) for side in (left, right)
+    )
+
+
+def _table_rows(rows: list[_Row], scale: _Scale) -> int:
+    """How many of the rows are split into cells, other than an index entry and its page numbers."""
+    count = 0
+    for row in rows:
+        cells = row.cells(_CELL_GAP * scale.height)
+        count += len(cells) > 2 or (len(cells) == 2 and not _PAGE_NUMBERS.match(_text(cells[-1])))
+    return count
 
 
 def _nearest(sorted_values: list[float], value: float) -> float:
@@ -478,11 +498,12 @@ def _join(units: list[_Unit]) -> str:
 def _units(rows: list[_Row], scale: _Scale) -> list[_Unit]:
     """Consecutive rows -> paragraphs, headings, list items and tables."""
     tables = _tables(rows, scale)
+    in_tables = {number for start, table in tables.items() for number in range(start, start + len(table))}
     units: list[_Unit] = []
     for number, row in enumerate(rows):
         if number in tables:
             units.append(_Unit("table", rows[number : number + len(tables[number])], table=tables[number]))
-        if any(start <= number < start + len(table) for start, table in tables.items()):
+        if number in in_tables:
             continue
         kind, level = _row_kind(row, scale)
         last = units[-1] if units else None
@@ -602,7 +623,7 @@ def _table(rows: list[_Row], scale: _Scale) -> list[list[str]] | None:
     count = len(cells[0])
     if len(rows) < 3 or count < 2 or any(len(row) != count for row in cells):
         return None
-    if all(_PAGE_NUMBER.match(_text(row[-1])) for row in cells):
+    if all(_PAGE_NUMBERS.match(_text(row[-1])) for row in cells):
         return None
     for upper, lower in itertools.pairwise(cells):
         for above, below in zip(upper, lower, strict=True):
