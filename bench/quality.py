@@ -308,9 +308,11 @@ class RapidOcr:
         self.engine = RapidOcrEngine(threads=1)
         self.engine.load()
         self.parser = MarkdownIt("commonmark").enable("table")
+        self.markdown = ""  # the last page's, as the service returns it
 
     def read(self, image: Image.Image) -> str:
-        return markdown_text(self.parser, asyncio.run(self._markdown(image)))
+        self.markdown = asyncio.run(self._markdown(image))
+        return markdown_text(self.parser, self.markdown)
 
     async def _markdown(self, image: Image.Image) -> str:
         async for _, outcome in self.engine.run([PageRequest.of_image(image, "<image>\nFree OCR.")]):
@@ -507,6 +509,8 @@ def main() -> None:
                 args.dump.mkdir(parents=True, exist_ok=True)
                 (args.dump / f"{page.document}-{page.number}.{engine.name}.txt").write_text(text)
                 (args.dump / f"{page.document}-{page.number}.reference.txt").write_text(page.reference)
+                if isinstance(engine, RapidOcr):
+                    (args.dump / f"{page.document}-{page.number}.rapidocr.md").write_text(engine.markdown)
         row["chars"] = score.chars
         rows.append(row)
         figures = "  ".join(f"{e.name} {row[e.name]['cer']:.3f}" for e in engines)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import doctest
 import html
+import io
 import math
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from markdown_it import MarkdownIt
 from PIL import Image, ImageDraw, ImageFont
@@ -18,6 +20,7 @@ from ocr_service.output.blocks import Block
 from ocr_service.output.escape import escape_markdown
 from ocr_service.output.layout import lay_out
 from ocr_service.output.pages import build_page
+from tests.helpers import poll_task, service_process
 
 LINE = 24  # box height of a body line, px
 PITCH = 30  # baseline to baseline, px
@@ -314,6 +317,13 @@ def test_grounded_deepseek_markdown_is_not_escaped() -> None:
     assert build_page(text, "stop", 999, 999, 1).markdown == "# Report\n\n**bold** and `code`"
 
 
+def test_a_page_crowded_with_boxes_is_still_read_top_to_bottom() -> None:
+    # Past the bound on column analysis, rows are read in order and every box is kept.
+    blocks = [box(10 + 30 * (n % 60), 10 + 12 * (n // 60), 30 + 30 * (n % 60), 20 + 12 * (n // 60), f"w{n}") for n in range(4000)]  # fmt: skip
+    page = lay_out(shuffled(blocks))
+    assert [b.text for b in page.blocks] == [f"w{n}" for n in range(4000)]
+
+
 def test_degenerate_input() -> None:
     assert lay_out([]).markdown == ""
     assert lay_out([box(10, 10, 10, 10, "dot")]).markdown == "dot"  # a zero-size box
@@ -334,8 +344,11 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.Im
     return ImageFont.truetype(str(path), size) if path.exists() else ImageFont.load_default(size=size)
 
 
-def two_column_page() -> tuple[Image.Image, list[str], list[str]]:
-    """A letter page at 144 dpi: a title, then two columns whose lines are offset by half a line."""
+def two_column_page(code: tuple[str, ...] = ()) -> tuple[Image.Image, list[str], list[str]]:
+    """A letter page at 144 dpi: a title, then two columns whose lines are offset by half a line.
+
+    `code` lines go below the columns, across the page.
+    """
     image = Image.new("RGB", (1224, 1584), "white")
     draw = ImageDraw.Draw(image)
     draw.text((110, 90), "Reading Order Test", fill="black", font=font(44, bold=True))
@@ -348,6 +361,8 @@ def two_column_page() -> tuple[Image.Image, list[str], list[str]]:
         draw.text((640, 217 + n * 34), " ".join(words_two), fill="black", font=body)
         one += words_one
         two += words_two
+    for n, line in enumerate(code):
+        draw.text((110, 1100 + n * 40), line, fill="black", font=font(24))
     return image, one, two
 
 
@@ -381,3 +396,22 @@ async def test_rapidocr_two_column_page_reads_column_one_then_column_two(rapidoc
     assert re.match(r"#{1,2} Reading Order Test\n\n", markdown)  # the title is a heading
     # Every word was read, in order: all of column one, then all of column two.
     assert words[words.index("alpha") :] == one + two
+
+
+def test_a_two_column_pdf_over_http_reads_in_order_and_keeps_code_literal(tmp_path: Path) -> None:
+    # A user's path: a PDF upload to a real `run_service.py` on the default engine.
+    code = ("# comment", "<json5format::Value> asn1_array2tree")
+    image, one, two = two_column_page(code)
+    pdf = io.BytesIO()
+    image.save(pdf, format="PDF", resolution=144)
+    with service_process(tmp_path, {"OCR_BATCH_TIMEOUT": "0.1"}) as service:
+        response = httpx.post(f"{service.url}/ocr", files={"file": ("manual.pdf", pdf.getvalue(), "application/pdf")})
+        assert response.status_code == 202
+        task = poll_task(service.url, response.json()["task_id"], timeout=300)
+    assert task["status"] == "completed", task
+    markdown = task["pages"][0]["markdown"]
+    words = re.findall(r"[a-z]+", markdown.lower())
+    assert words[words.index("alpha") : words.index("alpha") + len(one) + len(two)] == one + two
+    # The code lines come back as text: no heading, no HTML tag, no emphasis.
+    rendered = MarkdownIt("commonmark").render(markdown)
+    assert "<p># comment\n&lt;json5format::Value&gt; asn1_array2tree</p>" in rendered
