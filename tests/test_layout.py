@@ -166,15 +166,20 @@ def test_a_slightly_rotated_scan_reads_as_the_upright_one(degrees: float) -> Non
     assert order(rotated(page, degrees, centre=(0, 0))) == LEFT + RIGHT
 
 
-def test_an_index_whose_entries_end_in_page_numbers_is_read_column_by_column() -> None:
-    # Two columns of "entry . . . page" on one baseline grid; the engine splits the number off.
+@pytest.mark.parametrize(("right_offset", "number_offset"), [(0, 0), (-10.1, -1)])
+def test_an_index_whose_entries_end_in_page_numbers_is_read_column_by_column(
+    right_offset: float, number_offset: float
+) -> None:
+    # Two columns of "entry . . . page"; the engine splits the number off. On one baseline
+    # grid, then with the right column 10 px higher: its boxes come first down the page and
+    # would start rows that split an entry (1 px lower than its number) from its number.
     left = [("closing files . .", "74"), ("colour names . . .", "16"), ("column data", "95, 135"), ("commands", "8")]
     right = [("contours . . .", "23"), ("contributors", "241"), ("conversion . .", "160"), ("copyright", "ii")]
     blocks = []
     for n, ((text_l, page_l), (text_r, page_r)) in enumerate(zip(left, right, strict=True)):
-        top = 100 + n * PITCH
-        blocks += [box(100, top, 100 + 14 * len(text_l), top + LINE, text_l), box(500, top, 560, top + LINE, page_l)]
-        blocks += [box(620, top, 620 + 14 * len(text_r), top + LINE, text_r), box(1020, top, 1080, top + LINE, page_r)]
+        top, number, high = 100 + n * PITCH, 100 + n * PITCH + number_offset, 100 + n * PITCH + right_offset
+        blocks += [box(100, top, 100 + 14 * len(text_l), top + LINE, text_l), box(500, number, 560, number + LINE, page_l)]
+        blocks += [box(620, high, 620 + 14 * len(text_r), high + LINE, text_r), box(1020, high, 1080, high + LINE, page_r)]
     markdown = lay_out(shuffled(blocks)).markdown
     assert markdown.split("\n\n") == ["\n".join(f"{text} {page}" for text, page in side) for side in (left, right)]
 

@@ -19,9 +19,11 @@ in five steps, all on the boxes' geometry:
    not taking turns down the page like indented code) and either do not share
    baselines, or share them but both sides are wide (a fifth of the band or more) and
    hold three or more lines of text each, not rows of table cells (an index entry
-   with its page numbers counts as a line). Otherwise the gap is inside table rows or
+   with its page numbers counts as a line). A gap that would part index or TOC entries
+   from their page numbers is never a gutter. Otherwise the gap is inside table rows or
    between a table-of-contents title and its page number, and the rows are read across.
-   Columns are read left to right, each cut again the same way.
+   Columns are read left to right; on each side, rows are formed anew (so boxes of the
+   other column cannot anchor them) and cut again the same way.
 4. Blocks. Consecutive rows of a column form a paragraph until the next row is more
    than 1.45 line pitches lower or does not overlap it sideways. A row clearly taller
    than the page's lines (1.5 x the median height; 2 x for a top-level heading) is a
@@ -100,6 +102,7 @@ _CELL_GAP = 1.0
 # boxes, rows are read top to bottom without looking for columns.
 _MAX_BOXES_FOR_COLUMNS = 3000
 _MAX_GAPS_TRIED = 8  # a gutter is among a region's widest gaps
+_MAX_NUMBERS_CHECKED = 200  # page-number boxes looked at per gap
 _MAX_DEPTH = 40  # nested cuts; real pages need a handful
 
 # Typographic bullets only: a line that starts with "-", "+" or "*" is as likely a diff,
@@ -124,7 +127,7 @@ def lay_out(blocks: Sequence[Block]) -> PageLayout:
     if not items:
         return PageLayout([], "")
     scale = _Scale.of(items)
-    rows = _rows(items, _ROW_TOLERANCE * min(scale.height, scale.pitch))
+    rows = _rows(items, scale.row_tolerance)
     if len(items) <= _MAX_BOXES_FOR_COLUMNS:
         rows = _segment(rows, scale)
     units = _units(rows, scale)
@@ -201,6 +204,11 @@ class _Scale:
 
     height: float
     pitch: float
+
+    @property
+    def row_tolerance(self) -> float:
+        """How far a box's centre may lie from its row's first box."""
+        return _ROW_TOLERANCE * min(self.height, self.pitch)
 
     @classmethod
     def of(cls, items: list[_Item]) -> _Scale:
@@ -401,33 +409,54 @@ class _Cut:
 
 def _column_cut(rows: list[_Row], scale: _Scale) -> _Cut | None:
     """The rows split at the widest vertical gap through all of them that is a column gutter, or None."""
+    items = [item for row in rows for item in row.items]
     coverage = _Coverage(0.2 * scale.height)
-    for row in rows:
-        for item in row.items:
-            coverage.add(item.x1, item.x2)
+    for item in items:
+        coverage.add(item.x1, item.x2)
     width = coverage.spans[-1][1] - coverage.spans[0][0] if coverage.spans else 0.0
     for start, end in sorted(coverage.gaps(), key=lambda gap: gap[0] - gap[1])[:_MAX_GAPS_TRIED]:
-        left = [_Row([i for i in row.items if i.x2 <= start]) for row in rows]
-        right = [_Row([i for i in row.items if i.x1 >= end]) for row in rows]
-        shared = sum(1 for a, b in zip(left, right, strict=True) if a.items and b.items)
-        left = [row for row in left if row.items]
-        right = [row for row in right if row.items]
-        if _is_gutter(left, right, shared, width, scale):
+        left_items = [item for item in items if item.x2 <= start]
+        right_items = [item for item in items if item.x1 >= end]
+        if _splits_entries(left_items, right_items, scale):
+            continue
+        # Rows again on each side: boxes of the other side no longer anchor them.
+        left, right = _rows(left_items, scale.row_tolerance), _rows(right_items, scale.row_tolerance)
+        if _is_gutter(left, right, width, scale):
             return _Cut(left, right, (start, end))
     return None
 
 
-def _is_gutter(left: list[_Row], right: list[_Row], shared: int, width: float, scale: _Scale) -> bool:
-    """Whether two sides of a gap are columns (read one after the other), not cells of rows.
+def _splits_entries(left: list[_Item], right: list[_Item], scale: _Scale) -> bool:
+    """Whether the gap runs between index or TOC entries and their page numbers.
 
-    `shared` counts rows with boxes on both sides (the sides share baselines).
+    It does when most page-number boxes on the right (two or more) have, as their
+    nearest box to the left on their baseline, a box on the left side.
     """
+    numbers = [item for item in right if _PAGE_NUMBERS.match(item.block.text.strip())][:_MAX_NUMBERS_CHECKED]
+    if len(numbers) < 2:
+        return False
+    by_height = sorted(left + right, key=lambda item: item.cy)
+    centres = [item.cy for item in by_height]
+    on_left = {id(item) for item in left}
+    split = 0
+    for number in numbers:
+        low = bisect.bisect_left(centres, number.cy - scale.row_tolerance / 2)
+        high = bisect.bisect_right(centres, number.cy + scale.row_tolerance / 2)
+        before = [item for item in by_height[low:high] if item.x2 <= number.x1]
+        split += bool(before) and id(max(before, key=lambda item: item.x2)) in on_left
+    return split >= 2 and split >= 0.5 * len(numbers)
+
+
+def _is_gutter(left: list[_Row], right: list[_Row], width: float, scale: _Scale) -> bool:
+    """Whether two sides of a gap are columns (read one after the other), not cells of rows."""
     fewer, more = (left, right) if len(left) <= len(right) else (right, left)
+    if not fewer:
+        return False
     centres = sorted(row.cy for row in more)
-    beside = sum(1 for row in fewer if _nearest(centres, row.cy) <= _BESIDE * scale.pitch)
-    if beside < 0.5 * len(fewer):
+    distances = [_nearest(centres, row.cy) for row in fewer]
+    if sum(1 for d in distances if d <= _BESIDE * scale.pitch) < 0.5 * len(fewer):
         return False  # the sides take turns down the page: indented lines of one column
-    if shared < 0.6 * len(fewer):
+    if sum(1 for d in distances if d <= scale.row_tolerance) < 0.6 * len(fewer):
         return True  # side by side on baselines of their own: columns
     # Shared baselines: a table, a table of contents, or columns set on one grid. Columns
     # are wide, and their rows are lines of text (or index entries with their page
