@@ -6,11 +6,14 @@ import doctest
 import html
 import io
 import math
+import random
 import re
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from PIL import Image, ImageDraw, ImageFont
 
@@ -45,7 +48,9 @@ def order(blocks: list[Block]) -> list[str]:
 
 def shuffled(blocks: list[Block]) -> list[Block]:
     """The blocks in a fixed scrambled order, as an engine might hand them over."""
-    return sorted(blocks, key=lambda block: (hash(block.text) % 7, block.text))
+    out = list(blocks)
+    random.Random(len(out)).shuffle(out)
+    return out
 
 
 def rotated(blocks: list[Block], degrees: float, centre: tuple[float, float] = (600, 800)) -> list[Block]:
@@ -315,6 +320,22 @@ def test_hostile_text_renders_literally_through_a_commonmark_renderer() -> None:
 def test_escaped_text_round_trips_through_commonmark(text: str) -> None:
     rendered = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(escape_markdown(text))
     assert rendered == f"<p>{html.escape(text, quote=False)}</p>\n"
+
+
+# Lines of recognised text: Markdown and HTML metacharacters among any printable characters.
+METACHARACTERS = st.sampled_from("#>-+=*_`<>&|[]\\!()~.:10 a\t\"'")
+PRINTABLE = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp"))
+TEXT_LINES = st.lists(st.text(METACHARACTERS | PRINTABLE).filter(lambda line: bool(line.split())), min_size=1, max_size=4)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(TEXT_LINES)
+def test_any_lines_of_text_render_back_literally(lines: list[str]) -> None:
+    rendered = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(
+        "\n".join(escape_markdown(line) for line in lines)
+    )
+    expected = "\n".join(html.escape(" ".join(line.split()), quote=False).replace('"', "&quot;") for line in lines)
+    assert rendered == f"<p>{expected}</p>\n"
 
 
 def test_grounded_deepseek_markdown_is_not_escaped() -> None:
