@@ -26,14 +26,16 @@ Scores (both texts normalised alike: NFKC, typographic quotes and dashes as ASCI
 bullets and dot leaders dropped, a word hyphenated at a line end joined, whitespace runs
 as one space):
 - cer: Levenshtein distance over reference characters (rapidfuzz): what a user sees;
-- reordered_cer: the same after each line of the engine's text is moved to where it
-  matches the reference best (rapidfuzz's partial-ratio alignment), so lines read in the
-  wrong order no longer count: recognition error, and lines merged across columns;
+- wer: the same over words;
+- bag_wer: words missing or extra whatever their order (the larger of the two multiset
+  differences over reference words). A word error changes that difference by at most
+  one, so bag_wer <= wer, and wer - bag_wer is what reading order alone costs;
 - order: the share of words (those that occur once in both texts) outside the longest
-  run that both texts have in the same order: reading-order error alone, at word level.
+  run that both texts have in the same order: reading-order error at word level.
 (CER on the words sorted alphabetically was tried first and dropped: a word split or
 joined differently moves in the sort and costs twice its length, so that figure came out
-above the plain CER on single-column pages.)
+above the plain CER on single-column pages; so did moving each line of the engine's text
+to where it matched the reference best, when lines repeat.)
 A group's figures are totals (edits over characters of all its pages), not means.
 
 Run: `python bench/quality.py` (about 5-10 minutes on 2 cores), or `--pages 12` for a
@@ -67,7 +69,6 @@ sys.path.insert(0, str(REPO))
 
 from markdown_it import MarkdownIt
 from PIL import Image, ImageDraw, ImageFont
-from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
 from bench.pages import WORDS
@@ -393,31 +394,36 @@ class Score:
 
     chars: int = 0
     edits: int = 0
-    reordered_edits: int = 0  # with the hypothesis's lines put where they match the reference best
-    words: int = 0  # words that occur once in both texts
+    words: int = 0
+    word_edits: int = 0
+    bag_word_edits: int = 0
+    unique_words: int = 0  # words that occur once in both texts
     out_of_order: int = 0
 
     @classmethod
     def of(cls, reference: str, hypothesis: str) -> Score:
-        ref, hyp_lines = " ".join(lines(reference)), lines(hypothesis)
-        hyp = " ".join(hyp_lines)
-        placed = sorted(hyp_lines, key=lambda line: fuzz.partial_ratio_alignment(line, ref).dest_start)
-        matched, in_order = _order(ref.split(), hyp.split())
-        return cls(len(ref), Levenshtein.distance(ref, hyp), Levenshtein.distance(ref, " ".join(placed)), matched,
-                   matched - in_order)  # fmt: skip
+        ref, hyp = " ".join(lines(reference)), " ".join(lines(hypothesis))
+        ref_words, hyp_words = ref.split(), hyp.split()
+        ref_bag, hyp_bag = Counter(ref_words), Counter(hyp_words)
+        bag_edits = max(sum((ref_bag - hyp_bag).values()), sum((hyp_bag - ref_bag).values()))
+        matched, in_order = _order(ref_words, hyp_words)
+        return cls(len(ref), Levenshtein.distance(ref, hyp), len(ref_words), Levenshtein.distance(ref_words, hyp_words),
+                   bag_edits, matched, matched - in_order)  # fmt: skip
 
     def __add__(self, other: Score) -> Score:
         return Score(*(a + b for a, b in zip(self.row(), other.row(), strict=True)))
 
     def row(self) -> tuple[int, ...]:
-        return (self.chars, self.edits, self.reordered_edits, self.words, self.out_of_order)
+        return (self.chars, self.edits, self.words, self.word_edits, self.bag_word_edits, self.unique_words,
+                self.out_of_order)  # fmt: skip
 
     def figures(self) -> dict[str, float]:
-        chars = max(self.chars, 1)
+        words = max(self.words, 1)
         return {
-            "cer": self.edits / chars,
-            "reordered_cer": self.reordered_edits / chars,
-            "order": self.out_of_order / max(self.words, 1),
+            "cer": self.edits / max(self.chars, 1),
+            "wer": self.word_edits / words,
+            "bag_wer": self.bag_word_edits / words,
+            "order": self.out_of_order / max(self.unique_words, 1),
         }
 
 
@@ -584,9 +590,9 @@ def summarise(
 
 
 def table(report: dict[str, Any], names: list[str]) -> str:
-    """A Markdown table: CER, CER with lines reordered, and words out of order, per group, in percent."""
-    head = "| group | pages | " + " | ".join(f"{n} CER | {n} CER, lines reordered | {n} words out of order" for n in names) + " |"
-    lines = [head, "|" + " --- |" * (2 + 3 * len(names))]
+    """A Markdown table: CER, WER, bag-of-words WER and words out of order, per group, in percent."""
+    head = "| group | pages | " + " | ".join(f"{n} CER | {n} WER | {n} bag WER | {n} order" for n in names) + " |"
+    rows = [head, "|" + " --- |" * (2 + 4 * len(names))]
     counts = Counter(f"{row['document']}/{row['category']}" for row in report["pages"])
     counts.update({d: n for d, n in Counter(row["document"] for row in report["pages"]).items()})
     counts.update({f"all {c}": n for c, n in Counter(row["category"] for row in report["pages"]).items()})
@@ -598,11 +604,11 @@ def table(report: dict[str, Any], names: list[str]) -> str:
             cells = []
             for name in names:
                 f = figures[name]
-                cells.append(f"{100 * f['cer']:.2f} | {100 * f['reordered_cer']:.2f} | {100 * f['order']:.2f}")
-            lines.append(f"| {group} | {counts[group]} | " + " | ".join(cells) + " |")
+                cells.append(" | ".join(f"{100 * f[key]:.2f}" for key in ("cer", "wer", "bag_wer", "order")))
+            rows.append(f"| {group} | {counts[group]} | " + " | ".join(cells) + " |")
     wall = ", ".join(f"{name} {value:.2f}" for name, value in report["pages_per_s"].items())
     cpu = ", ".join(f"{name} {value:.2f}" for name, value in report["pages_per_cpu_s"].items())
-    return "\n".join(lines) + (
+    return "\n".join(rows) + (
         f"\n\nPages per second of CPU time (one page at a time, one thread each): {cpu}."
         f"\nPages per second of wall-clock time: {wall} (load average at the end: "
         + ", ".join(f"{v:.1f}" for v in report["load_average"]) + ")."

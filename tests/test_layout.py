@@ -209,6 +209,37 @@ def test_a_wide_table_is_read_row_by_row_not_cut_into_columns() -> None:
     ]
 
 
+def test_index_columns_on_one_grid_with_continuation_lines_of_page_numbers() -> None:
+    # A continuation line of only numbers in the right column sits on a left entry's baseline.
+    left = ["clip, 24, 81, 137", "colorspec, 28, 50, 68, 75, 79, 126,", "    202, 203, 210", "column, 40, 116", "cos, 38"]
+    right = ["enhanced, 34, 237, 272, 273, 276,", "    297", "environment, 35, 96", "epoch, 39", "eps, 47"]
+    blocks = [
+        box(x + 14 * (len(text) - len(text.lstrip())), 100 + n * PITCH, x + 14 * len(text), 124 + n * PITCH, text.strip())
+        for x, side in ((100, left), (620, right))
+        for n, text in enumerate(side)
+    ]
+    assert order(shuffled(blocks)) == [text.strip() for text in left + right]
+
+
+def test_a_two_column_table_of_single_words_and_descriptions_is_read_as_tables() -> None:
+    # Directory | Description, with a section heading as wide as the descriptions above the second table.
+    rows = [("Directory", "Description"), ("bin", "Most user commands"), ("lib", "Libraries"),
+            ("sbin", "Non-vital system binaries"), ("4.3. Specific Options", None), ("Directory", "Description"),
+            ("games", "Games and educational binaries (optional)"), ("src", "Source code (optional)")]  # fmt: skip
+    blocks = []
+    for n, (name, description) in enumerate(rows):
+        blocks.append(box(100, 100 + n * PITCH, 100 + 14 * len(name), 124 + n * PITCH, name))
+        if description:
+            blocks.append(box(400, 100 + n * PITCH, 400 + 12 * len(description), 124 + n * PITCH, description))
+    assert lay_out(shuffled(blocks)).markdown.split("\n\n") == [
+        "| Directory | Description |\n| --- | --- |\n| bin | Most user commands |\n| lib | Libraries |\n"
+        "| sbin | Non-vital system binaries |",
+        "4.3. Specific Options",  # "4." before a digit starts no list: not escaped
+        "| Directory | Description |\n| --- | --- |\n| games | Games and educational binaries (optional) |\n"
+        "| src | Source code (optional) |",
+    ]
+
+
 def test_indented_lines_of_one_column_stay_in_order() -> None:
     # Code: indented lines take turns with unindented ones, never side by side.
     code = [(0, "if ready:"), (1, "start()"), (0, "else:"), (1, "wait()"), (1, "retry()"), (0, "done()")]

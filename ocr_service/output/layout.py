@@ -18,9 +18,8 @@ in five steps, all on the boxes' geometry:
    gutter when the rows on its two sides sit beside each other (within 0.75 line pitch,
    not taking turns down the page like indented code) and either do not share
    baselines, or share them but both sides are wide (a fifth of the band or more) and
-   hold three or more lines of text each, not rows of table cells (an index entry
-   with its page numbers counts as a line). A gap that would part index or TOC entries
-   from their page numbers is never a gutter. Otherwise the gap is inside table rows or
+   hold three or more lines of text each, not single words or rows of table cells (an
+   index entry with its page numbers counts as a line). Otherwise the gap is inside table rows or
    between a table-of-contents title and its page number, and the rows are read across.
    Columns are read left to right; on each side, rows are formed anew (so boxes of the
    other column cannot anchor them) and cut again the same way.
@@ -90,6 +89,9 @@ _BESIDE = 0.75
 # and at most this share of their rows may be split into cells (other than page numbers).
 _MIN_COLUMN_SHARE = 0.2
 _MAX_TABLE_ROWS = 0.2
+# ... and their typical line must be at least this many line heights long (a table's
+# first column of single words is not a column of text).
+_MIN_LINE_HEIGHTS = 3.0
 # A new paragraph starts when the next row is more than this many pitches lower.
 _PARAGRAPH_PITCHES = 1.45
 # Headings: row height over the median line height.
@@ -102,7 +104,6 @@ _CELL_GAP = 1.0
 # boxes, rows are read top to bottom without looking for columns.
 _MAX_BOXES_FOR_COLUMNS = 3000
 _MAX_GAPS_TRIED = 8  # a gutter is among a region's widest gaps
-_MAX_NUMBERS_CHECKED = 200  # page-number boxes looked at per gap
 _MAX_DEPTH = 40  # nested cuts; real pages need a handful
 
 # Typographic bullets only: a line that starts with "-", "+" or "*" is as likely a diff,
@@ -417,8 +418,6 @@ def _column_cut(rows: list[_Row], scale: _Scale) -> _Cut | None:
     for start, end in sorted(coverage.gaps(), key=lambda gap: gap[0] - gap[1])[:_MAX_GAPS_TRIED]:
         left_items = [item for item in items if item.x2 <= start]
         right_items = [item for item in items if item.x1 >= end]
-        if _splits_entries(left_items, right_items, scale):
-            continue
         # Rows again on each side: boxes of the other side no longer anchor them.
         left, right = _rows(left_items, scale.row_tolerance), _rows(right_items, scale.row_tolerance)
         if _is_gutter(left, right, width, scale):
@@ -426,44 +425,28 @@ def _column_cut(rows: list[_Row], scale: _Scale) -> _Cut | None:
     return None
 
 
-def _splits_entries(left: list[_Item], right: list[_Item], scale: _Scale) -> bool:
-    """Whether the gap runs between index or TOC entries and their page numbers.
-
-    It does when most page-number boxes on the right (two or more) have, as their
-    nearest box to the left on their baseline, a box on the left side.
-    """
-    numbers = [item for item in right if _PAGE_NUMBERS.match(item.block.text.strip())][:_MAX_NUMBERS_CHECKED]
-    if len(numbers) < 2:
-        return False
-    by_height = sorted(left + right, key=lambda item: item.cy)
-    centres = [item.cy for item in by_height]
-    on_left = {id(item) for item in left}
-    split = 0
-    for number in numbers:
-        low = bisect.bisect_left(centres, number.cy - scale.row_tolerance / 2)
-        high = bisect.bisect_right(centres, number.cy + scale.row_tolerance / 2)
-        before = [item for item in by_height[low:high] if item.x2 <= number.x1]
-        split += bool(before) and id(max(before, key=lambda item: item.x2)) in on_left
-    return split >= 2 and split >= 0.5 * len(numbers)
-
-
 def _is_gutter(left: list[_Row], right: list[_Row], width: float, scale: _Scale) -> bool:
     """Whether two sides of a gap are columns (read one after the other), not cells of rows."""
     fewer, more = (left, right) if len(left) <= len(right) else (right, left)
     if not fewer:
         return False
-    centres = sorted(row.cy for row in more)
+    # From each row on one side to the nearest box on the other (boxes, not rows: a row
+    # there may hold boxes of two baselines, a page number and the next column's line).
+    centres = sorted(item.cy for row in more for item in row.items)
     distances = [_nearest(centres, row.cy) for row in fewer]
     if sum(1 for d in distances if d <= _BESIDE * scale.pitch) < 0.5 * len(fewer):
         return False  # the sides take turns down the page: indented lines of one column
     if sum(1 for d in distances if d <= scale.row_tolerance) < 0.6 * len(fewer):
         return True  # side by side on baselines of their own: columns
     # Shared baselines: a table, a table of contents, or columns set on one grid. Columns
-    # are wide, and their rows are lines of text (or index entries with their page
-    # numbers), not rows of table cells.
+    # are wide and hold lines of text (or index entries with their page numbers), not
+    # single words or rows of table cells.
     wide = max(_MIN_COLUMN_SHARE * width, 6 * scale.height)
     return min(len(left), len(right)) >= 3 and all(
-        _extent(side) >= wide and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side) for side in (left, right)
+        _extent(side) >= wide
+        and statistics.median(row.x2 - row.x1 for row in side) >= _MIN_LINE_HEIGHTS * scale.height
+        and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side)
+        for side in (left, right)
     )
 
 
