@@ -93,7 +93,7 @@ def test_two_columns_on_one_baseline_grid_are_read_column_by_column() -> None:
     # An index: short entries, both columns on the same baselines, a ragged right edge.
     left = ["apt, 12, 40", "apt-get, 3", "aptitude, 7, 19, 22", "dpkg, 5", "dselect, 88", "editor, 14"]
     right = ["kernel, 9", "locale, 31, 32", "mount, 70", "nano, 14", "sudo, 2, 60", "systemd, 45, 46, 47"]
-    page = column(100, 100, left, width=300) + column(560, 100, right, width=300)
+    page = column(100, 100, left, width=300) + column(450, 100, right, width=300)  # a 50 px gutter
     assert order(shuffled(page)) == left + right
 
 
@@ -118,10 +118,11 @@ def test_title_above_two_columns_and_a_full_width_paragraph_below() -> None:
 
 def test_a_sidebar_is_read_after_the_main_column() -> None:
     main = column(100, 100, [f"main text line {n} with many words in it" for n in range(1, 11)], 600)
-    side = column(780, 160, ["Note:", "sidebar one", "sidebar two", "sidebar three"], 200)
+    notes = ["Note:", "sidebar one", "sidebar two", "sidebar three", "sidebar four", "sidebar five"]
+    side = column(750, 160, notes, 200)
     assert order(shuffled(main + side)) == [b.text for b in main + side]
-    # On the main column's baselines too.
-    side = column(780, 100 + 2 * PITCH, ["Note:", "sidebar one", "sidebar two", "sidebar three"], 200)
+    # On the main column's baselines too (six lines or more: fewer could be a table's).
+    side = column(750, 100 + 2 * PITCH, notes, 200)
     assert order(shuffled(main + side)) == [b.text for b in main + side]
 
 
@@ -178,8 +179,10 @@ def test_an_index_whose_entries_end_in_page_numbers_is_read_column_by_column(
     # Two columns of "entry . . . page"; the engine splits the number off. On one baseline
     # grid, then with the right column 10 px higher: its boxes come first down the page and
     # would start rows that split an entry (1 px lower than its number) from its number.
-    left = [("closing files . .", "74"), ("colour names . . .", "16"), ("column data", "95, 135"), ("commands", "8")]
-    right = [("contours . . .", "23"), ("contributors", "241"), ("conversion . .", "160"), ("copyright", "ii")]
+    left = [("closing files . .", "74"), ("colour names . . .", "16"), ("column data", "95, 135"), ("commands", "8"),
+            ("comments", "19"), ("compiling", "220")]
+    right = [("contours . . .", "23"), ("contributors", "241"), ("conversion . .", "160"), ("copyright", "ii"),
+             ("cost", "76"), ("curves", "45, 46")]  # fmt: skip
     blocks = []
     for n, ((text_l, page_l), (text_r, page_r)) in enumerate(zip(left, right, strict=True)):
         top, number, high = 100 + n * PITCH, 100 + n * PITCH + number_offset, 100 + n * PITCH + right_offset
@@ -211,8 +214,10 @@ def test_a_wide_table_is_read_row_by_row_not_cut_into_columns() -> None:
 
 def test_index_columns_on_one_grid_with_continuation_lines_of_page_numbers() -> None:
     # A continuation line of only numbers in the right column sits on a left entry's baseline.
-    left = ["clip, 24, 81, 137", "colorspec, 28, 50, 68, 75, 79, 126,", "    202, 203, 210", "column, 40, 116", "cos, 38"]
-    right = ["enhanced, 34, 237, 272, 273, 276,", "    297", "environment, 35, 96", "epoch, 39", "eps, 47"]
+    left = ["clip, 24, 81, 137", "colorspec, 28, 50, 68, 75, 79, 126,", "    202, 203, 210", "column, 40, 116",
+            "cos, 38", "cosh, 38"]
+    right = ["enhanced, 34, 237, 272, 273, 276,", "    297", "environment, 35, 96", "epoch, 39", "eps, 47",
+             "epscairo, 253"]  # fmt: skip
     blocks = [
         box(x + 14 * (len(text) - len(text.lstrip())), 100 + n * PITCH, x + 14 * len(text), 124 + n * PITCH, text.strip())
         for x, side in ((100, left), (620, right))
@@ -222,7 +227,8 @@ def test_index_columns_on_one_grid_with_continuation_lines_of_page_numbers() -> 
 
 
 def test_a_two_column_table_of_single_words_and_descriptions_is_read_as_tables() -> None:
-    # Directory | Description, with a section heading as wide as the descriptions above the second table.
+    # Directory | Description, with a section heading above the second table (as on a page of the FHS:
+    # descriptions 3 line heights and more from the widest name).
     rows = [("Directory", "Description"), ("bin", "Most user commands"), ("lib", "Libraries"),
             ("sbin", "Non-vital system binaries"), ("4.3. Specific Options", None), ("Directory", "Description"),
             ("games", "Games and educational binaries (optional)"), ("src", "Source code (optional)")]  # fmt: skip
@@ -230,7 +236,7 @@ def test_a_two_column_table_of_single_words_and_descriptions_is_read_as_tables()
     for n, (name, description) in enumerate(rows):
         blocks.append(box(100, 100 + n * PITCH, 100 + 14 * len(name), 124 + n * PITCH, name))
         if description:
-            blocks.append(box(400, 100 + n * PITCH, 400 + 12 * len(description), 124 + n * PITCH, description))
+            blocks.append(box(500, 100 + n * PITCH, 500 + 12 * len(description), 124 + n * PITCH, description))
     assert lay_out(shuffled(blocks)).markdown.split("\n\n") == [
         "| Directory | Description |\n| --- | --- |\n| bin | Most user commands |\n| lib | Libraries |\n"
         "| sbin | Non-vital system binaries |",
@@ -238,6 +244,30 @@ def test_a_two_column_table_of_single_words_and_descriptions_is_read_as_tables()
         "| Directory | Description |\n| --- | --- |\n| games | Games and educational binaries (optional) |\n"
         "| src | Source code (optional) |",
     ]
+
+
+def test_code_with_aligned_comments_is_read_row_by_row() -> None:
+    # From gnuplot's manual: four commands, each with its comment one gutter to the right.
+    code = [("every :::3::3", "# selects just the fourth block"), ("every :::::9", "# selects the first 10 blocks"),
+            ("every 2:2", "# selects every other point"), ("every ::5::15", "# selects points 5 through 15")]  # fmt: skip
+    blocks = []
+    for n, (command, comment) in enumerate(code):
+        blocks += [box(100, 100 + n * PITCH, 100 + 14 * len(command), 124 + n * PITCH, command)]
+        blocks += [box(310, 100 + n * PITCH, 310 + 12 * len(comment), 124 + n * PITCH, comment)]
+    assert order(shuffled(blocks)) == [text for pair in code for text in pair]  # (as a table: aligned cells)
+
+
+def test_definition_labels_above_their_paragraphs_stay_with_them() -> None:
+    # Debian Policy's upgrading checklist: a section number, then its paragraph indented below it.
+    blocks = []
+    top = 100.0
+    for label, lines in (("3.3", 3), ("5", 2), ("5.1", 3)):
+        blocks.append(box(100, top, 130, top + LINE, label))
+        for n in range(lines):
+            top += 0.6 * PITCH if n == 0 else PITCH
+            blocks.append(box(150, top, 900, top + LINE, f"text of {label} line {n}"))
+        top += 1.4 * PITCH
+    assert order(shuffled(blocks)) == [b.text for b in blocks]
 
 
 def test_indented_lines_of_one_column_stay_in_order() -> None:

@@ -17,10 +17,12 @@ in five steps, all on the boxes' geometry:
    of a line or more, unless the same gutter goes on below it). A band's gap is a column
    gutter when the rows on its two sides sit beside each other (within 0.75 line pitch,
    not taking turns down the page like indented code) and either do not share
-   baselines, or share them but both sides are wide (a fifth of the band or more) and
-   hold three or more lines of text each, not single words or rows of table cells (an
-   index entry with its page numbers counts as a line). Otherwise the gap is inside table rows or
-   between a table-of-contents title and its page number, and the rows are read across.
+   baselines but both run line after line (not the labels of a definition list, a
+   paragraph apart), or share them and both sides are wide (a fifth of the band or more),
+   apart by at most 3 line heights, and hold six or more lines of text each, not rows of
+   table cells (an index entry with its page numbers counts as a line). Otherwise the
+   gap is inside table rows, between code and its comments, or between a TOC title and
+   its page number, and the rows are read across.
    Columns are read left to right; on each side, rows are formed anew (so boxes of the
    other column cannot anchor them) and cut again the same way.
 4. Blocks. Consecutive rows of a column form a paragraph until the next row is more
@@ -89,9 +91,11 @@ _BESIDE = 0.75
 # and at most this share of their rows may be split into cells (other than page numbers).
 _MIN_COLUMN_SHARE = 0.2
 _MAX_TABLE_ROWS = 0.2
-# ... and their typical line must be at least this many line heights long (a table's
-# first column of single words is not a column of text).
-_MIN_LINE_HEIGHTS = 3.0
+# ... hold at least this many rows each, apart by at most this many line heights.
+_MIN_GRID_ROWS = 6
+_MAX_GRID_GUTTER = 3.0
+# Columns run line after line: the median step between a side's rows is under this many pitches.
+_DENSE_PITCHES = 1.9
 # A new paragraph starts when the next row is more than this many pitches lower.
 _PARAGRAPH_PITCHES = 1.45
 # Headings: row height over the median line height.
@@ -420,12 +424,12 @@ def _column_cut(rows: list[_Row], scale: _Scale) -> _Cut | None:
         right_items = [item for item in items if item.x1 >= end]
         # Rows again on each side: boxes of the other side no longer anchor them.
         left, right = _rows(left_items, scale.row_tolerance), _rows(right_items, scale.row_tolerance)
-        if _is_gutter(left, right, width, scale):
+        if _is_gutter(left, right, end - start, width, scale):
             return _Cut(left, right, (start, end))
     return None
 
 
-def _is_gutter(left: list[_Row], right: list[_Row], width: float, scale: _Scale) -> bool:
+def _is_gutter(left: list[_Row], right: list[_Row], gutter: float, width: float, scale: _Scale) -> bool:
     """Whether two sides of a gap are columns (read one after the other), not cells of rows."""
     fewer, more = (left, right) if len(left) <= len(right) else (right, left)
     if not fewer:
@@ -437,17 +441,24 @@ def _is_gutter(left: list[_Row], right: list[_Row], width: float, scale: _Scale)
     if sum(1 for d in distances if d <= _BESIDE * scale.pitch) < 0.5 * len(fewer):
         return False  # the sides take turns down the page: indented lines of one column
     if sum(1 for d in distances if d <= scale.row_tolerance) < 0.6 * len(fewer):
-        return True  # side by side on baselines of their own: columns
-    # Shared baselines: a table, a table of contents, or columns set on one grid. Columns
-    # are wide and hold lines of text (or index entries with their page numbers), not
-    # single words or rows of table cells.
+        # Side by side on baselines of their own: columns, if both run line after line
+        # (the labels of a definition list stand a paragraph apart).
+        return _dense(left, scale) and _dense(right, scale)
+    # Shared baselines: a table, a table of contents, code with comments, or columns set
+    # on one grid. Such columns run for several lines apart by a narrow gutter, are wide,
+    # and hold lines of text (or index entries with their page numbers), not table rows.
     wide = max(_MIN_COLUMN_SHARE * width, 6 * scale.height)
-    return min(len(left), len(right)) >= 3 and all(
-        _extent(side) >= wide
-        and statistics.median(row.x2 - row.x1 for row in side) >= _MIN_LINE_HEIGHTS * scale.height
-        and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side)
-        for side in (left, right)
+    return (
+        min(len(left), len(right)) >= _MIN_GRID_ROWS
+        and gutter <= _MAX_GRID_GUTTER * scale.height
+        and all(_extent(side) >= wide and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side) for side in (left, right))
     )
+
+
+def _dense(rows: list[_Row], scale: _Scale) -> bool:
+    """Whether the rows follow one another at about the line pitch (median step under 1.9 pitches)."""
+    steps = [lower.cy - upper.cy for upper, lower in itertools.pairwise(rows)]
+    return not steps or statistics.median(steps) < _DENSE_PITCHES * scale.pitch
 
 
 def _table_rows(rows: list[_Row], scale: _Scale) -> int:
