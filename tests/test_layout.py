@@ -226,26 +226,6 @@ def test_index_columns_on_one_grid_with_continuation_lines_of_page_numbers() -> 
     assert order(shuffled(blocks)) == [text.strip() for text in left + right]
 
 
-def test_a_two_column_table_of_single_words_and_descriptions_is_read_as_tables() -> None:
-    # Directory | Description, with a section heading above the second table (as on a page of the FHS:
-    # descriptions 3 line heights and more from the widest name).
-    rows = [("Directory", "Description"), ("bin", "Most user commands"), ("lib", "Libraries"),
-            ("sbin", "Non-vital system binaries"), ("4.3. Specific Options", None), ("Directory", "Description"),
-            ("games", "Games and educational binaries (optional)"), ("src", "Source code (optional)")]  # fmt: skip
-    blocks = []
-    for n, (name, description) in enumerate(rows):
-        blocks.append(box(100, 100 + n * PITCH, 100 + 14 * len(name), 124 + n * PITCH, name))
-        if description:
-            blocks.append(box(500, 100 + n * PITCH, 500 + 12 * len(description), 124 + n * PITCH, description))
-    assert lay_out(shuffled(blocks)).markdown.split("\n\n") == [
-        "| Directory | Description |\n| --- | --- |\n| bin | Most user commands |\n| lib | Libraries |\n"
-        "| sbin | Non-vital system binaries |",
-        "4.3. Specific Options",  # "4." before a digit starts no list: not escaped
-        "| Directory | Description |\n| --- | --- |\n| games | Games and educational binaries (optional) |\n"
-        "| src | Source code (optional) |",
-    ]
-
-
 def test_code_with_aligned_comments_is_read_row_by_row() -> None:
     # From gnuplot's manual: four commands, each with its comment one gutter to the right.
     code = [("every :::3::3", "# selects just the fourth block"), ("every :::::9", "# selects the first 10 blocks"),

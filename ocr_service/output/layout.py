@@ -18,13 +18,14 @@ in five steps, all on the boxes' geometry:
    gutter when the rows on its two sides sit beside each other (within 0.75 line pitch,
    not taking turns down the page like indented code) and either do not share
    baselines but both run line after line (not the labels of a definition list, a
-   paragraph apart), or share them and both sides are wide (a fifth of the band or more),
-   apart by at most 3 line heights, and hold six or more lines of text each, not rows of
-   table cells (an index entry with its page numbers counts as a line). Otherwise the
-   gap is inside table rows, between code and its comments, or between a TOC title and
-   its page number, and the rows are read across.
-   Columns are read left to right; on each side, rows are formed anew (so boxes of the
-   other column cannot anchor them) and cut again the same way.
+   paragraph apart), or share them and both sides are wide (a fifth of the band or more)
+   and hold six or more lines of text each, not rows of table cells (an index entry with
+   its page numbers counts as a line). Otherwise the gap is inside table rows, between
+   code and its comments, or between a TOC title and its page number, and the rows are
+   read across. Columns are read left to right; on each side, rows are formed anew (so
+   boxes of the other column cannot anchor them) and cut again the same way. Known
+   limit: a two-column table of six or more rows whose cells are single lines, on one
+   baseline grid, reads as two columns (geometry alone cannot tell it from an index).
 4. Blocks. Consecutive rows of a column form a paragraph until the next row is more
    than 1.45 line pitches lower or does not overlap it sideways. A row clearly taller
    than the page's lines (1.5 x the median height; 2 x for a top-level heading) is a
@@ -91,9 +92,8 @@ _BESIDE = 0.75
 # and at most this share of their rows may be split into cells (other than page numbers).
 _MIN_COLUMN_SHARE = 0.2
 _MAX_TABLE_ROWS = 0.2
-# ... hold at least this many rows each, apart by at most this many line heights.
+# ... and hold at least this many rows each.
 _MIN_GRID_ROWS = 6
-_MAX_GRID_GUTTER = 3.0
 # Columns run line after line: the median step between a side's rows is under this many pitches.
 _DENSE_PITCHES = 1.9
 # A new paragraph starts when the next row is more than this many pitches lower.
@@ -424,12 +424,12 @@ def _column_cut(rows: list[_Row], scale: _Scale) -> _Cut | None:
         right_items = [item for item in items if item.x1 >= end]
         # Rows again on each side: boxes of the other side no longer anchor them.
         left, right = _rows(left_items, scale.row_tolerance), _rows(right_items, scale.row_tolerance)
-        if _is_gutter(left, right, end - start, width, scale):
+        if _is_gutter(left, right, width, scale):
             return _Cut(left, right, (start, end))
     return None
 
 
-def _is_gutter(left: list[_Row], right: list[_Row], gutter: float, width: float, scale: _Scale) -> bool:
+def _is_gutter(left: list[_Row], right: list[_Row], width: float, scale: _Scale) -> bool:
     """Whether two sides of a gap are columns (read one after the other), not cells of rows."""
     fewer, more = (left, right) if len(left) <= len(right) else (right, left)
     if not fewer:
@@ -445,13 +445,11 @@ def _is_gutter(left: list[_Row], right: list[_Row], gutter: float, width: float,
         # (the labels of a definition list stand a paragraph apart).
         return _dense(left, scale) and _dense(right, scale)
     # Shared baselines: a table, a table of contents, code with comments, or columns set
-    # on one grid. Such columns run for several lines apart by a narrow gutter, are wide,
-    # and hold lines of text (or index entries with their page numbers), not table rows.
+    # on one grid. Such columns run for several lines, are wide, and hold lines of text
+    # (or index entries with their page numbers), not rows of table cells.
     wide = max(_MIN_COLUMN_SHARE * width, 6 * scale.height)
-    return (
-        min(len(left), len(right)) >= _MIN_GRID_ROWS
-        and gutter <= _MAX_GRID_GUTTER * scale.height
-        and all(_extent(side) >= wide and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side) for side in (left, right))
+    return min(len(left), len(right)) >= _MIN_GRID_ROWS and all(
+        _extent(side) >= wide and _table_rows(side, scale) <= _MAX_TABLE_ROWS * len(side) for side in (left, right)
     )
 
 
