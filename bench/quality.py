@@ -38,8 +38,8 @@ above the plain CER on single-column pages; so did moving each line of the engin
 to where it matched the reference best, when lines repeat.)
 A group's figures are totals (edits over characters of all its pages), not means.
 
-Run: `python bench/quality.py` (about 5-10 minutes on 2 cores), or `--pages 12` for a
-quick run. Needs apt-get and dpkg-deb (Debian), `tesseract` and requirements_bench.txt.
+Run: `python bench/quality.py` (about 3 minutes of CPU time; 15 minutes on a busy 2-core
+machine), or `--pages 12` for a quick run. Needs apt-get and dpkg-deb (Debian), `tesseract` and requirements_bench.txt.
 """
 
 from __future__ import annotations
