@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import html
 import io
 import math
@@ -18,7 +17,6 @@ from markdown_it import MarkdownIt
 from PIL import Image, ImageDraw, ImageFont
 
 from ocr_service.engines.base import PageOutput, PageRequest
-from ocr_service.output import escape, layout
 from ocr_service.output.blocks import Block
 from ocr_service.output.escape import escape_markdown
 from ocr_service.output.layout import lay_out
@@ -74,12 +72,6 @@ def rotated(blocks: list[Block], degrees: float, centre: tuple[float, float] = (
 
 LEFT = [f"left {n} lorem ipsum dolor sit amet" for n in range(1, 9)]
 RIGHT = [f"right {n} consectetur adipiscing elit" for n in range(1, 9)]
-
-
-def test_module_examples_hold() -> None:
-    for module in (layout, escape):
-        result = doctest.testmod(module)
-        assert result.attempted > 0 and result.failed == 0
 
 
 def test_two_columns_offset_by_half_a_line_are_read_column_by_column() -> None:
