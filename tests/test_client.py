@@ -174,7 +174,7 @@ def test_wait_gives_up_after_its_timeout_with_the_last_state(slow: ServiceProces
         assert client.wait(task_id).ok
 
 
-def test_cancel_a_waiting_task_and_conflict_for_a_running_one(slow: ServiceProcess) -> None:
+def test_cancel_a_waiting_and_a_running_task_and_conflict_for_an_ended_one(slow: ServiceProcess) -> None:
     with OcrClient(slow.url) as client:
         running = client.submit(page_png(3))
         updates: list[str] = []
@@ -182,12 +182,14 @@ def test_cancel_a_waiting_task_and_conflict_for_a_running_one(slow: ServiceProce
         while client.get(running).status != "processing" and time.monotonic() < deadline:
             time.sleep(0.02)
         waiting = client.submit(page_png(4))
-        with pytest.raises(Conflict) as caught:
-            client.cancel(running)
-        assert caught.value.status_code == 409 and "running" in caught.value.detail
+        done = client.submit(page_png(5))
         assert client.cancel(waiting).status == "cancelled"
-        assert client.wait(running, on_update=lambda task: updates.append(task.status)).ok
+        assert client.cancel(running).status == "cancelled"
+        assert client.wait(done, on_update=lambda task: updates.append(task.status)).ok
         assert updates[-1] == "completed"
+        with pytest.raises(Conflict) as caught:
+            client.cancel(done)
+        assert caught.value.status_code == 409 and "completed" in caught.value.detail
 
 
 def test_a_full_queue_past_the_retry_budget_is_overloaded(slow: ServiceProcess) -> None:

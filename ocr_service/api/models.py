@@ -70,12 +70,13 @@ class SyncBatchResponse(BaseModel):
 
 
 class SyncBatchFailure(BaseModel):
-    """`/ocr_batch` when not every input was read (400) or in time (504): the tasks go on."""
+    """`/ocr_batch` when not every input was read (400) or in time (504): the tasks go on.
+    A request with no inputs at all (400) makes no tasks: only `detail` then."""
 
     detail: str
-    errors: list[str | None]
-    task_ids: list[str]
-    batch_task_id: str
+    errors: list[str | None] | None = None
+    task_ids: list[str] | None = None
+    batch_task_id: str | None = None
 
 
 class TaskAccepted(BaseModel):
