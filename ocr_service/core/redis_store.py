@@ -237,7 +237,8 @@ class RedisTaskStore:
                         task_id = _text(message["data"])
                         if _text(message["channel"]) == CANCEL:
                             self._cancel(task_id)
-                        for event in self._waiters.get(task_id, []):
+                            continue
+                        for event in self._waiters.get(task_id, []):  # it ended
                             event.set()
             except redis.RedisError:
                 logger.exception("lost the Redis subscription; subscribing again")
