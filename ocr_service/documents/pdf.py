@@ -22,8 +22,10 @@ page is legitimate, and the model resizes its input to at most 1280 pixels anywa
 
 from __future__ import annotations
 
+import io
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -78,6 +80,29 @@ class PdfDocument:
                 return _rasterize(pdf, index, self.dpi, self.max_pixels)
             finally:
                 pdf.close()
+
+
+def extract_pages(data: bytes, indices: Sequence[int]) -> bytes:
+    """A new PDF of the pages `indices` (0-based, in that order) of the PDF `data`.
+
+    Blocking. A client that asks for some pages of a long PDF gets a document of just
+    those queued, so only they are rendered and read. Raises `DocumentError` as opening does.
+    """
+    with _PDFIUM_LOCK:
+        source = _load(data)
+        try:
+            subset = pdfium.PdfDocument.new()
+            try:
+                subset.import_pages(source, pages=list(indices))
+                out = io.BytesIO()
+                subset.save(out)
+            except pdfium.PdfiumError as exc:
+                raise DocumentError("The selected pages of the PDF cannot be copied out of it.") from exc
+            finally:
+                subset.close()
+        finally:
+            source.close()
+    return out.getvalue()
 
 
 def render_scale(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:

@@ -56,6 +56,8 @@ class PageResult:
     truncated: bool
     page: int | None = None  # 1-based page number, when known
     warnings: tuple[str, ...] = ()  # what the engine could not do as asked, or did incompletely
+    width: int = 0  # pixel size of the page image the engine read (the frame of `bbox`); 0 = unknown
+    height: int = 0
 
     def as_dict(self) -> dict:
         out: dict = {} if self.page is None else {"page": self.page}
@@ -67,6 +69,8 @@ class PageResult:
         )
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        if self.width and self.height:
+            out.update(width=self.width, height=self.height)
         return out
 
     @classmethod
@@ -79,6 +83,8 @@ class PageResult:
             truncated=data["truncated"],
             page=data.get("page"),
             warnings=tuple(data.get("warnings", ())),
+            width=data.get("width", 0),
+            height=data.get("height", 0),
         )
 
 
@@ -107,6 +113,8 @@ def build_page(
         finish_reason=finish_reason,
         truncated=finish_reason == "length",
         page=page_number,
+        width=width,
+        height=height,
     )
 
 
