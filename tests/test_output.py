@@ -241,3 +241,9 @@ def test_pages_join_with_the_upstream_separator() -> None:
     assert join_pages(["one", "two", "three"]) == "one\n<--- Page Split --->\ntwo\n<--- Page Split --->\nthree"
     assert join_pages(["only"]) == "only"
     assert join_pages([]) == ""
+
+
+def test_a_stored_page_keeps_its_pixel_size() -> None:
+    page = build_page(GROUNDED, "stop", 1240, 1754, page_number=2)
+    assert (page.width, page.height) == (1240, 1754)
+    assert PageResult.from_dict(page.as_dict()) == page

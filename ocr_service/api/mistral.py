@@ -256,6 +256,7 @@ router = APIRouter(route_class=MistralRoute, tags=["mistral"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": MistralErrorBody, "description": meaning or ERROR_MEANINGS[code]}
     for code, meaning in {
+        400: "The body is not JSON",
         401: "",
         408: "",
         409: "The task was cancelled (DELETE /ocr/{task_id}) before it finished",
