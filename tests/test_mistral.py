@@ -9,6 +9,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from ocr_service.app import create_app
 from ocr_service.documents import DocumentLimits, open_document
-from ocr_service.engines.base import BatchEngine, DecodedPage, PageOutcome, PageOutput
+from ocr_service.engines.base import BatchEngine, DecodedPage, EngineError, PageOutcome, PageOutput
 from ocr_service.engines.fake import fake_text
 from tests.client_helpers import fake_service
 from tests.files import make_pdf
@@ -356,3 +357,33 @@ def test_tables_header_and_footer_are_extracted_on_request(layout_client: Mistra
     assert result.header == "Quarterly report" and "Quarterly report" not in result.markdown
     assert result.footer == "7"
     assert result.markdown.endswith("[tbl-0.html](tbl-0.html)")
+
+
+class FailingEngine(BatchEngine):
+    name = "failing"
+
+    def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
+        return [EngineError("the model ran out of patience") for _ in pages]
+
+
+def test_a_failed_ocr_is_a_500_naming_the_task_and_the_reason() -> None:
+    with uvicorn_thread(FailingEngine()) as url:
+        client = Mistral(api_key="unused", server_url=url)
+        png = data_uri(encode(text_page(["x"], size=(50, 50))), "image/png")
+        with pytest.raises(SDKError) as raised:
+            client.ocr.process(model="m", document={"type": "image_url", "image_url": png})
+        assert raised.value.status_code == 500
+        body = raised.value.raw_response.json()
+        assert "ran out of patience" in body["detail"]
+        assert httpx.get(f"{url}/ocr/{body['task_id']}", timeout=10).json()["status"] == "failed"
+
+
+def test_the_sdks_api_key_is_the_services_bearer_key(tmp_path: Path) -> None:
+    png = data_uri(encode(text_page(["x"], size=(50, 50))), "image/png")
+    with fake_service(tmp_path, api_keys="secret") as running:
+        answer = Mistral(api_key="secret", server_url=running.url).ocr.process(model="m", document={"type": "image_url", "image_url": png})
+        assert answer.pages[0].markdown.startswith("# Fake page 50x50")
+        with pytest.raises(SDKError) as raised:
+            Mistral(api_key="wrong", server_url=running.url).ocr.process(model="m", document={"type": "image_url", "image_url": png})
+        assert raised.value.status_code == 401
+        assert raised.value.raw_response.json()["type"] == "authentication_error"
