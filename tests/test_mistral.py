@@ -33,7 +33,7 @@ from ocr_service.engines.base import BatchEngine, DecodedPage, EngineError, Page
 from ocr_service.engines.fake import fake_text
 from tests.client_helpers import fake_service
 from tests.files import make_pdf
-from tests.helpers import ServiceProcess, encode, file_server, free_port, settings, text_page
+from tests.helpers import ServiceProcess, encode, file_server, free_port, running_app, settings, text_page
 
 PDF_PAGES = [(300.0, 400.0, (200, 30, 30)), (200.0, 250.0, (30, 200, 30)), (250.0, 300.0, (30, 30, 200))]
 
@@ -387,3 +387,14 @@ def test_the_sdks_api_key_is_the_services_bearer_key(tmp_path: Path) -> None:
             Mistral(api_key="wrong", server_url=running.url).ocr.process(model="m", document={"type": "image_url", "image_url": png})
         assert raised.value.status_code == 401
         assert raised.value.raw_response.json()["type"] == "authentication_error"
+
+
+async def test_a_data_uri_past_the_upload_limit_is_413_before_it_is_decoded() -> None:
+    big = encode(Image.effect_noise((150, 150), 64).convert("RGB"))  # noise does not compress
+    limit = 50 * 1024
+    assert limit < len(big) and len(data_uri(big, "image/png")) < limit + 64 * 1024  # the body itself is let in
+    async with running_app(settings(max_image_size_mb=limit / (1024 * 1024))) as http:
+        response = await http.post("/v1/ocr", json={"model": "m", "document": {"type": "image_url", "image_url": data_uri(big, "image/png")}})
+    assert response.status_code == 413
+    assert response.json()["type"] == "request_too_large"
+    assert "OCR_MAX_IMAGE_SIZE_MB" in response.json()["detail"]
