@@ -11,33 +11,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
 from ocr_service import __version__
-from ocr_service.api import docs, mistral, ops
+from ocr_service.api import docs, events, mistral, ops, page_images, ui
 from ocr_service.api.errors import add_error_handlers
 from ocr_service.api.limits import AdmissionGate, BodyLimitMiddleware
 from ocr_service.api.middleware import RequestObserver
 from ocr_service.api.ratelimit import RateLimitMiddleware
 from ocr_service.api.routes import MULTIPART_OVERHEAD, router
 from ocr_service.api.security import ApiKeys
+from ocr_service.api.slots import Slots
 from ocr_service.api.state import ApiConfig, AppState, Services, state_of
 from ocr_service.config import Settings
 from ocr_service.core.batcher import Batcher
 from ocr_service.core.intake import Defaults, Intake
+from ocr_service.core.keeper import DocumentKeeper
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
+from ocr_service.core.page_images import PageImages
 from ocr_service.core.queue import PageQueue
 from ocr_service.core.redis_store import RedisTaskStore
 from ocr_service.core.sqlite_store import SqliteTaskStore
 from ocr_service.core.store import MemoryTaskStore, TaskStore
 from ocr_service.core.supervisor import Supervisor
-from ocr_service.documents import DocumentLimits
+from ocr_service.documents import DecoderPool, DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
-from ocr_service.engines.registry import build_engine
+from ocr_service.engines.registry import build_engine, resolution_mode_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await asyncio.to_thread(the_engine.load)
         store = build_store(settings)
         queue = PageQueue()
+        keeper = DocumentKeeper(settings.keep_documents_bytes)
         ledger = WorkLedger(
             store,
             queue,
@@ -60,6 +65,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             max_stored=settings.max_stored_tasks,
             max_stored_per_client=settings.max_stored_tasks_per_client,
             expiry_interval=settings.cleanup_interval,
+            keeper=keeper,
         )
         batcher = Batcher(
             queue,
@@ -71,13 +77,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             observer=state.metrics,
         )
         fetcher = UrlFetcher(fetch_policy(settings))
-        intake = Intake(ledger, fetcher, document_limits(settings))
+        decoder = decoder_pool(settings)
+        await asyncio.to_thread(decoder.start)
+        intake = Intake(ledger, fetcher, document_limits(settings), decoder)
         await store.open(take_over=intake.resume)
         restored = await store.restore()
         ledger.count_kept(restored.finished)
         await intake.resume(restored.unfinished)
         supervisor = Supervisor(ledger, batcher, keep_unfinished=store.keeps_work)
-        services = Services(ledger=ledger, intake=intake, batcher=batcher, supervisor=supervisor)
+        services = Services(
+            ledger=ledger,
+            intake=intake,
+            batcher=batcher,
+            supervisor=supervisor,
+            decoder=decoder,
+            page_images=PageImages(keeper),
+            event_streams=Slots(events.MAX_EVENT_STREAMS),
+        )
         state.metrics.watch(services.status)
         supervisor.start()
         state.services = services
@@ -87,6 +103,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             yield
         finally:
             await supervisor.shutdown(settings.shutdown_grace)  # at once if a SIGTERM drain already ran
+            await asyncio.to_thread(decoder.close)
             cleanup.cancel()
             await asyncio.gather(cleanup, return_exceptions=True)
             await intake.aclose()
@@ -104,6 +121,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.ocr = state
     app.include_router(ops.router)
     app.include_router(router)
+    app.include_router(events.router)
+    app.include_router(page_images.router)
+    app.include_router(ui.router)
+    ui.mount_ui(app)
     app.include_router(mistral.router)
     docs.add_offline_docs(app)
     add_error_handlers(app)
@@ -126,6 +147,7 @@ async def drain(app: FastAPI, grace: float) -> None:
     services = state_of(app).services
     if services is not None:
         await services.supervisor.shutdown(grace)
+        await asyncio.to_thread(services.decoder.close)  # a page still drawing fails now
 
 
 def build_store(settings: Settings) -> TaskStore:
@@ -142,6 +164,9 @@ def api_config(settings: Settings) -> ApiConfig:
         max_upload_bytes=settings.max_upload_bytes,
         max_batch_urls=settings.max_batch_urls,
         sync_timeout=settings.sync_timeout,
+        engine=settings.engine,
+        resolution_mode=resolution_mode_of(settings),
+        max_pdf_pages=settings.max_pdf_pages,
     )
 
 
@@ -150,6 +175,16 @@ def document_limits(settings: Settings) -> DocumentLimits:
         max_pixels=settings.max_image_pixels,
         max_pdf_pages=settings.max_pdf_pages,
         pdf_dpi=settings.pdf_dpi,
+        pdf_max_pixels=settings.pdf_max_pixels,
+    )
+
+
+def decoder_pool(settings: Settings) -> DecoderPool:
+    return DecoderPool(
+        workers=settings.decode_workers,
+        timeout=settings.decode_timeout,
+        memory_mb=settings.decode_memory_mb,
+        cache_mb=max(64, math.ceil(2 * settings.max_image_size_mb)),  # two of the largest uploads
     )
 
 

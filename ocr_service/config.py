@@ -59,16 +59,23 @@ class Settings(BaseSettings):
     cleanup_interval: float = Field(300, gt=0)
     max_stored_tasks: int = Field(100_000, ge=1)  # tasks held (waiting, running, finished within the TTL)
     max_stored_tasks_per_client: int = Field(10_000, ge=1)  # the same, per API key or client address
+    keep_documents_mb: float = Field(256, ge=0)  # ended tasks' documents kept for page images; 0 = none
 
     # Inputs
     max_image_size_mb: float = Field(20, gt=0)
     image_download_timeout: float = Field(30, gt=0)
     max_image_pixels: int = Field(60_000_000, ge=1)
     pdf_dpi: int = Field(144, ge=36, le=600)
+    pdf_max_pixels: int = Field(16_000_000, ge=1)  # a bigger PDF page is drawn scaled down to fit
     max_pdf_pages: int = Field(500, ge=1)
     allow_private_urls: bool = False
     url_allowed_hosts: str = ""  # comma-separated host names URLs may name; empty = any (public) host
     max_redirects: int = Field(5, ge=0, le=20)
+
+    # Decoding: child processes that open documents and draw pages (documents/sandbox.py)
+    decode_workers: int = Field(3, ge=1, le=64)  # pages use all but one: uploads are always checked at once
+    decode_timeout: float = Field(15, gt=0)  # seconds per page and per open; the child is killed past it
+    decode_memory_mb: int = Field(2048, ge=256)  # address space of each child
 
     # Default OCR parameters
     default_prompt: str = DEFAULT_PROMPT
@@ -155,6 +162,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    @property
+    def keep_documents_bytes(self) -> int:
+        return int(self.keep_documents_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

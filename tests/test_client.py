@@ -87,8 +87,9 @@ def test_ocr_returns_a_typed_task_with_pages_and_blocks(busy: ServiceProcess, tm
     [page] = task.pages
     assert isinstance(page, Page) and page.page == 1 and not page.truncated
     assert f"sha256={page_digest(7)}" in page.markdown and task.result == page.markdown
-    # The server's default prompt asks for grounding: the fake engine answers with two regions.
-    assert [block.label for block in page.blocks] == ["title", "text"]
+    # The server's default prompt asks for grounding: the fake engine answers with three regions.
+    assert [block.label for block in page.blocks] == ["title", "text", "image"]
+    assert page.width and page.height  # the pixel space the boxes are in
     assert all(isinstance(block, Block) and len(block.bbox) == 4 for block in page.blocks)
 
 
@@ -297,9 +298,8 @@ def test_a_post_that_never_left_is_sent_again() -> None:
     assert client.counters.reconnects >= 1
 
 
-# Event streams. The server has no GET /ocr/{id}/events in this branch yet: `stream()` is
-# tested on events written to the documented contract, around a real task's JSON, served
-# over HTTP with a dropped connection; the test against the real endpoint runs once it exists.
+# Event streams: `stream()` is tested on events written to the documented contract, around a
+# real task's JSON, served over HTTP with a dropped connection, and against the real endpoint.
 
 
 @contextlib.contextmanager

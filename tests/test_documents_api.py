@@ -95,9 +95,12 @@ async def test_grounded_output_becomes_clean_markdown_and_pixel_boxes() -> None:
     assert markdown.startswith("# Fake page 1998x999")
     assert "fake-ocr sha256=" in markdown
     blocks = task["pages"][0]["blocks"]
-    assert [block["label"] for block in blocks] == ["title", "text"]
+    assert [block["label"] for block in blocks] == ["title", "text", "image"]
     assert blocks[0]["bbox"] == [200.0, 40.0, 1800.0, 110.0]  # [[100, 40, 900, 110]] on the 0..999 grid
     assert blocks[1]["bbox"] == [200.0, 150.0, 1800.0, 800.0]
+    assert blocks[2]["bbox"] == [500.0, 820.0, 1500.0, 960.0]
+    assert markdown.endswith("![](images/page-1-1.png)")  # the image region, fetchable as a crop
+    assert (task["pages"][0]["width"], task["pages"][0]["height"]) == (1998, 999)
 
 
 async def test_a_page_that_hit_max_tokens_is_flagged_never_silently_clean() -> None:

@@ -11,7 +11,7 @@ from ocr_service.core.ledger import CancelRefused, QueueFull, WorkLedger
 from ocr_service.core.queue import PageQueue
 from ocr_service.core.store import MemoryTaskStore
 from ocr_service.core.tasks import BatchJob, OcrParams, Task, TaskStatus
-from ocr_service.documents import DocumentLimits, open_document
+from ocr_service.documents import DecoderPool, DocumentLimits, open_document
 from ocr_service.engines.base import EngineError, PageOutput
 from tests.helpers import encode, solid_image
 
@@ -30,10 +30,10 @@ def pdf(pages: int) -> bytes:
     return buffer.getvalue()
 
 
-async def admitted(book: WorkLedger, data: bytes | None = None) -> Task:
+async def admitted(book: WorkLedger, pool: DecoderPool, data: bytes | None = None) -> Task:
     task = Task(PARAMS)
     data = data or encode(solid_image(1))
-    await book.admit_document(task, open_document(data, LIMITS), data)
+    await book.admit_document(task, open_document(data, LIMITS, pool), data)
     return task
 
 
@@ -41,36 +41,36 @@ def output(text: str = "hello", reason: str = "stop") -> PageOutput:
     return PageOutput(text, reason, width=64, height=48)
 
 
-async def test_admission_counts_waiting_pages_and_refuses_at_the_limit() -> None:
+async def test_admission_counts_waiting_pages_and_refuses_at_the_limit(pool: DecoderPool) -> None:
     book = ledger(limit=3)
-    await admitted(book, pdf(2))
+    await admitted(book, pool, pdf(2))
     assert book.waiting == 2
-    await admitted(book)
+    await admitted(book, pool)
     assert book.waiting == 3
     with pytest.raises(QueueFull) as refused:
-        await admitted(book)
+        await admitted(book, pool)
     assert refused.value.retry_after >= 1 and refused.value.reason == "queue_full"
     assert book.total == 2 and book.counts[TaskStatus.PENDING] == 2
 
 
-async def test_a_document_is_admitted_whole_even_past_the_limit() -> None:
+async def test_a_document_is_admitted_whole_even_past_the_limit(pool: DecoderPool) -> None:
     book = ledger(limit=2)
-    await admitted(book, pdf(5))
+    await admitted(book, pool, pdf(5))
     assert len(book.queue) == 5
 
 
-async def test_a_url_holds_one_place_until_its_document_arrives() -> None:
+async def test_a_url_holds_one_place_until_its_document_arrives(pool: DecoderPool) -> None:
     book = ledger(limit=5)
     task = Task(PARAMS, url="http://x.test/a.pdf")
     await book.admit_pending([task])
     assert book.waiting == 1 and len(book.queue) == 0
-    await book.document_arrived(task, open_document(pdf(3), LIMITS), pdf(3))
+    await book.document_arrived(task, open_document(pdf(3), LIMITS, pool), pdf(3))
     assert book.waiting == 3 and len(book.queue) == 3
 
 
-async def test_pages_complete_a_task_in_page_order_whatever_order_they_finish() -> None:
+async def test_pages_complete_a_task_in_page_order_whatever_order_they_finish(pool: DecoderPool) -> None:
     book = ledger()
-    task = await admitted(book, pdf(3))
+    task = await admitted(book, pool, pdf(3))
     jobs = book.queue.take(3)
     book.pages_started(jobs)
     assert task.status is TaskStatus.PROCESSING and book.pages_in_flight == 3
@@ -82,10 +82,10 @@ async def test_pages_complete_a_task_in_page_order_whatever_order_they_finish() 
     assert book.counts[TaskStatus.COMPLETED] == 1 and book.ended[TaskStatus.COMPLETED] == 1
 
 
-async def test_a_failed_page_fails_its_task_and_its_other_pages_leave_the_queue() -> None:
+async def test_a_failed_page_fails_its_task_and_its_other_pages_leave_the_queue(pool: DecoderPool) -> None:
     book = ledger()
-    task = await admitted(book, pdf(3))
-    other = await admitted(book)
+    task = await admitted(book, pool, pdf(3))
+    other = await admitted(book, pool)
     first = book.queue.take(1)
     book.pages_started(first)
     book.page_finished(first[0], EngineError("the engine choked"))
@@ -93,9 +93,9 @@ async def test_a_failed_page_fails_its_task_and_its_other_pages_leave_the_queue(
     assert [job.task for job in book.queue.take(10)] == [other]  # pages 2 and 3 are gone
 
 
-async def test_a_truncated_page_completes_with_a_warning() -> None:
+async def test_a_truncated_page_completes_with_a_warning(pool: DecoderPool) -> None:
     book = ledger()
-    task = await admitted(book)
+    task = await admitted(book, pool)
     (job,) = book.queue.take(1)
     book.pages_started([job])
     book.page_finished(job, output("loop loop", "length"))
@@ -103,7 +103,7 @@ async def test_a_truncated_page_completes_with_a_warning() -> None:
     assert "max_tokens" in task.warnings[0]
 
 
-async def test_ending_a_pending_url_stops_its_download_and_frees_its_place() -> None:
+async def test_ending_a_pending_url_stops_its_download_and_frees_its_place(pool: DecoderPool) -> None:
     book = ledger(limit=1)
     task = Task(PARAMS, url="http://x.test/a.png")
     await book.admit_pending([task])
@@ -112,14 +112,14 @@ async def test_ending_a_pending_url_stops_its_download_and_frees_its_place() -> 
     book.cancel(task)
     assert stopped == [task.id] and task.status is TaskStatus.CANCELLED and book.waiting == 0
     late = encode(solid_image(1))
-    await book.document_arrived(task, open_document(late, LIMITS), late)  # too late: ignored
+    await book.document_arrived(task, open_document(late, LIMITS, pool), late)  # too late: ignored
     assert len(book.queue) == 0
-    await admitted(book)  # the place is free again
+    await admitted(book, pool)  # the place is free again
 
 
-async def test_cancel_stops_a_running_task_keeping_its_done_pages_and_refuses_an_ended_one() -> None:
+async def test_cancel_stops_a_running_task_keeping_its_done_pages_and_refuses_an_ended_one(pool: DecoderPool) -> None:
     book = ledger()
-    running = await admitted(book, pdf(3))
+    running = await admitted(book, pool, pdf(3))
     first, second = book.queue.take(2)
     book.pages_started([first, second])
     book.page_finished(first, output("page one"))
@@ -130,7 +130,7 @@ async def test_cancel_stops_a_running_task_keeping_its_done_pages_and_refuses_an
     assert running.pages_done == 1
     book.cancel(running)  # again: harmless
     assert book.ended[TaskStatus.CANCELLED] == 1
-    done = await admitted(book)
+    done = await admitted(book, pool)
     (job,) = book.queue.take(1)
     book.pages_started([job])
     book.page_finished(job, output())
@@ -138,17 +138,17 @@ async def test_cancel_stops_a_running_task_keeping_its_done_pages_and_refuses_an
         book.cancel(done)
 
 
-async def test_estimates_count_the_pages_that_must_finish_first() -> None:
+async def test_estimates_count_the_pages_that_must_finish_first(pool: DecoderPool) -> None:
     now = [0.0]
     book = WorkLedger(MemoryTaskStore(ttl=60), PageQueue(), limit=50, clock=lambda: now[0])
-    first = await admitted(book, pdf(4))
+    first = await admitted(book, pool, pdf(4))
     assert book.estimated_wait(first) is None  # nothing measured yet
     jobs = book.queue.take(2)
     book.pages_started(jobs)
     now[0] = 2.0
     for job in jobs:
         book.page_finished(job, output())  # 2 pages in 2 s of work: 1 page/s
-    later = await admitted(book, pdf(3))
+    later = await admitted(book, pool, pdf(3))
     book.pages_started(book.queue.take(2))  # pages 3 and 4 of the first task in the engine
     assert book.estimated_wait(first) == 2.0  # its last two pages are in the engine
     assert book.estimated_wait(later) == 5.0  # those two, then its own three
@@ -156,9 +156,9 @@ async def test_estimates_count_the_pages_that_must_finish_first() -> None:
     assert book.estimated_wait(later) is None
 
 
-async def test_a_page_that_finishes_after_its_task_ended_changes_nothing() -> None:
+async def test_a_page_that_finishes_after_its_task_ended_changes_nothing(pool: DecoderPool) -> None:
     book = ledger()
-    task = await admitted(book, pdf(2))
+    task = await admitted(book, pool, pdf(2))
     jobs = book.queue.take(2)
     book.pages_started(jobs)
     book.fail(task, "shutting down")
@@ -166,11 +166,11 @@ async def test_a_page_that_finishes_after_its_task_ended_changes_nothing() -> No
     assert task.status is TaskStatus.FAILED and task.pages_done == 0 and book.pages_in_flight == 1
 
 
-async def test_stop_admitting_refuses_with_the_reason_and_fail_unfinished_ends_everything() -> None:
+async def test_stop_admitting_refuses_with_the_reason_and_fail_unfinished_ends_everything(pool: DecoderPool) -> None:
     book = ledger()
-    running = await admitted(book)
+    running = await admitted(book, pool)
     book.pages_started(book.queue.take(1))
-    waiting = await admitted(book)
+    waiting = await admitted(book, pool)
     book.stop_admitting(retry_after=7, reason="shutting_down", detail="going away")
     with pytest.raises(QueueFull) as refused:
         book.check_room()
@@ -182,14 +182,14 @@ async def test_stop_admitting_refuses_with_the_reason_and_fail_unfinished_ends_e
     assert book.counts[TaskStatus.FAILED] == 2 and book.counts[TaskStatus.PROCESSING] == 0
 
 
-async def test_batch_items_expire_with_their_batch_and_counts_follow() -> None:
+async def test_batch_items_expire_with_their_batch_and_counts_follow(pool: DecoderPool) -> None:
     book = ledger(ttl=10)
     tasks = [Task(PARAMS, url=f"http://x.test/{n}.png") for n in range(2)]
     batch = BatchJob(tasks)
     for task in tasks:
         task.batch_id = batch.id
     await book.admit_pending(tasks, batch)
-    single = await admitted(book)
+    single = await admitted(book, pool)
     book.fail(tasks[0], "404")
     book.cancel(single)
     assert await book.expire(now=single.finished_at + 60) == 1  # the lone task; the batch still runs
@@ -201,11 +201,11 @@ async def test_batch_items_expire_with_their_batch_and_counts_follow() -> None:
     assert book.ended[TaskStatus.FAILED] == 1 and book.ended[TaskStatus.CANCELLED] == 2
 
 
-async def test_other_owners_see_nothing() -> None:
+async def test_other_owners_see_nothing(pool: DecoderPool) -> None:
     book = ledger()
     task = Task(PARAMS, owner="alpha")
     data = encode(solid_image(1))
-    await book.admit_document(task, open_document(data, LIMITS), data)
+    await book.admit_document(task, open_document(data, LIMITS, pool), data)
     assert await book.get_task(task.id, "alpha") is task
     assert await book.get_task(task.id, "beta") is None
     assert await book.get_task(task.id) is None

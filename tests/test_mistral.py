@@ -28,7 +28,7 @@ from mistralai.client.models import (
 from PIL import Image, ImageDraw
 
 from ocr_service.app import create_app
-from ocr_service.documents import DocumentLimits, open_document
+from ocr_service.documents import DecoderPool, DocumentLimits, open_document
 from ocr_service.engines.base import BatchEngine, DecodedPage, EngineError, PageOutcome, PageOutput
 from ocr_service.engines.fake import fake_text
 from tests.client_helpers import fake_service
@@ -58,10 +58,6 @@ def client(service: ServiceProcess) -> Mistral:
     return Mistral(api_key="unused", server_url=service.url)
 
 
-def pages_processed(url: str) -> int:
-    return int(httpx.get(f"{url}/stats", timeout=10).json()["pages_processed"])
-
-
 def test_an_image_by_data_uri_gives_markdown_dimensions_and_typed_blocks(client: Mistral) -> None:
     page = text_page(["Mistral-compatible"], size=(640, 480))
     png = encode(page)
@@ -75,11 +71,12 @@ def test_an_image_by_data_uri_gives_markdown_dimensions_and_typed_blocks(client:
     assert result.index == 0
     assert f"sha256={digest(page)}" in result.markdown
     assert result.markdown.startswith("# Fake page 640x480")
-    assert result.images == []
+    assert result.markdown.endswith("![img-0.png](img-0.png)")  # the fake engine's image region
+    assert [image.id for image in result.images] == ["img-0.png"]
     assert result.dimensions is not None
     assert (result.dimensions.width, result.dimensions.height, result.dimensions.dpi) == (640, 480, 72)
     assert result.blocks is not None
-    title, text = result.blocks
+    title, text, figure = result.blocks
     # The fake engine's boxes [100, 40, 900, 110] and [100, 150, 900, 800] on the 0..999 grid, in pixels.
     assert isinstance(title, OCRTitleBlock)
     assert (title.top_left_x, title.top_left_y, title.bottom_right_x, title.bottom_right_y) == (64, 19, 577, 53)
@@ -87,6 +84,21 @@ def test_an_image_by_data_uri_gives_markdown_dimensions_and_typed_blocks(client:
     assert isinstance(text, OCRTextBlock)
     assert (text.top_left_x, text.top_left_y, text.bottom_right_x, text.bottom_right_y) == (64, 72, 577, 385)
     assert text.content == fake_text(DecodedPage(page, "", 0, 1))
+    assert isinstance(figure, OCRImageBlock) and figure.image_id == "img-0.png"
+
+
+def test_include_image_base64_gives_each_image_its_region_of_the_page(client: Mistral) -> None:
+    page = Image.effect_noise((640, 480), 80).convert("RGB")  # every region differs
+    answer = client.ocr.process(
+        model="m", document={"type": "image_url", "image_url": data_uri(encode(page), "image/png")}, include_image_base64=True
+    )
+    [image] = answer.pages[0].images
+    # The fake engine's image box [250, 820, 750, 960] on the 0..999 grid, widened to whole pixels.
+    corners = (image.top_left_x, image.top_left_y, image.bottom_right_x, image.bottom_right_y)
+    assert corners == (160, 393, 481, 462)
+    crop = decode_crop(image.image_base64 or "")
+    assert crop.size == (481 - 160, 462 - 393)
+    assert crop.tobytes() == page.crop(corners).tobytes()  # lossless: exactly those pixels
 
 
 def test_without_blocks_the_answer_has_none(client: Mistral) -> None:
@@ -96,10 +108,8 @@ def test_without_blocks_the_answer_has_none(client: Mistral) -> None:
     assert answer.pages[0].markdown.startswith("# Fake page 100x80")
 
 
-def test_a_pdf_by_url_with_selected_pages_reads_only_those(client: Mistral, service: ServiceProcess) -> None:
+def test_a_pdf_by_url_with_selected_pages(client: Mistral) -> None:
     pdf = make_pdf(PDF_PAGES)
-    rendered = open_document(pdf, DocumentLimits(max_pixels=10**8, max_pdf_pages=10))
-    before = pages_processed(service.url)
     with file_server({"/report.pdf": pdf}) as base:
         answer = client.ocr.process(
             model="mistral-ocr-latest",
@@ -107,21 +117,21 @@ def test_a_pdf_by_url_with_selected_pages_reads_only_those(client: Mistral, serv
             pages=[2, 0],
         )
     assert [page.index for page in answer.pages] == [0, 2]
-    for page in answer.pages:
-        image = rendered.load_page(page.index)
-        assert f"sha256={digest(image)}" in page.markdown  # the engine read exactly that page
-        assert page.dimensions is not None
-        assert (page.dimensions.width, page.dimensions.height, page.dimensions.dpi) == (*image.size, 144)
-    assert answer.usage_info.pages_processed == 2
+    with DecoderPool(workers=1) as pool:
+        rendered = open_document(pdf, DocumentLimits(max_pixels=10**8, max_pdf_pages=10), pool)
+        for page in answer.pages:
+            image = rendered.load_page(page.index)
+            assert f"sha256={digest(image)}" in page.markdown  # the engine read exactly that page
+            assert page.dimensions is not None
+            assert (page.dimensions.width, page.dimensions.height, page.dimensions.dpi) == (*image.size, 144)
+    assert answer.usage_info.pages_processed == 3  # the document is read whole, the selected pages returned
     assert answer.usage_info.doc_size_bytes == len(pdf)
-    assert pages_processed(service.url) - before == 2  # page 1 never reached the engine
 
 
 def test_pages_as_a_string_of_ranges(client: Mistral) -> None:
     pdf = make_pdf(PDF_PAGES)
     answer = client.ocr.process(model="m", document={"type": "document_url", "document_url": data_uri(pdf, "application/pdf")}, pages="1-2")
     assert [page.index for page in answer.pages] == [1, 2]
-    assert answer.usage_info.pages_processed == 2
 
 
 def test_all_pages_of_a_pdf_by_data_uri(client: Mistral) -> None:
@@ -273,10 +283,10 @@ def layout_client() -> Iterator[Mistral]:
 
 
 def decode_crop(image_base64: str) -> Image.Image:
-    prefix = "data:image/jpeg;base64,"
+    prefix = "data:image/png;base64,"
     assert image_base64.startswith(prefix)
     crop = Image.open(io.BytesIO(base64.b64decode(image_base64[len(prefix) :])))
-    assert crop.format == "JPEG"
+    assert crop.format == "PNG"
     return crop.convert("RGB")
 
 
@@ -287,8 +297,8 @@ def test_images_have_ids_the_markdown_references_and_crops_of_their_region(layou
     )
     [result] = answer.pages
     [image] = result.images
-    assert image.id == "img-0.jpeg"
-    assert "![img-0.jpeg](img-0.jpeg)" in result.markdown
+    assert image.id == "img-0.png"
+    assert "![img-0.png](img-0.png)" in result.markdown
     assert "images/page-" not in result.markdown
     corners = (image.top_left_x, image.top_left_y, image.bottom_right_x, image.bottom_right_y)
     assert corners == (80, 200, 401, 601)  # the grid box in pixels, widened to whole pixels
@@ -303,7 +313,7 @@ def test_images_have_ids_the_markdown_references_and_crops_of_their_region(layou
     ]  # fmt: skip
     image_block = blocks[2]
     assert isinstance(image_block, OCRImageBlock)
-    assert image_block.image_id == "img-0.jpeg"
+    assert image_block.image_id == "img-0.png"
     assert (image_block.top_left_x, image_block.bottom_right_y) == (80, 601)
     assert "<table>" in result.markdown and result.tables == []  # tables stay inline by default
     assert not result.header and "Quarterly report" in result.markdown
@@ -316,8 +326,8 @@ def test_image_ids_count_across_pages_and_crops_come_from_each_page(layout_clien
     answer = layout_client.ocr.process(
         model="m", document={"type": "document_url", "document_url": data_uri(buffer.getvalue(), "application/pdf")}, include_image_base64=True
     )
-    assert [[image.id for image in page.images] for page in answer.pages] == [["img-0.jpeg"], ["img-1.jpeg"]]
-    assert "![img-1.jpeg](img-1.jpeg)" in answer.pages[1].markdown
+    assert [[image.id for image in page.images] for page in answer.pages] == [["img-0.png"], ["img-1.png"]]
+    assert "![img-1.png](img-1.png)" in answer.pages[1].markdown
     centres = []
     for page in answer.pages:
         crop = decode_crop(page.images[0].image_base64 or "")

@@ -1,7 +1,7 @@
 """Errors -> HTTP answers, in one place. Every error answer is JSON with a `detail`.
 
-Routes let `QueueFull`, `DocumentError`, `FetchError` and `CancelRefused` rise; the
-handlers here give them their status codes. Malformed requests get a 422 whose body is
+Routes let `QueueFull`, `DocumentError`, `FetchError`, `CancelRefused`, `PageNotFound`
+and `ImageGone` rise; the handlers here give them their status codes. Malformed requests get a 422 whose body is
 always valid JSON and small: JSON allows numbers such as `1e999` that Python reads as
 infinity, and an echoed input may be megabytes long, so every echoed value is made
 JSON-safe and cut short. An unexpected error answers 500 as JSON naming the request id,
@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from ocr_service.api.state import state_of
 from ocr_service.core.ledger import CancelRefused, QueueFull, TooManyTasks
+from ocr_service.core.page_images import ImageGone, PageNotFound
 from ocr_service.documents import DocumentError
 from ocr_service.documents.fetch import FetchError
 
@@ -47,6 +48,14 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CancelRefused)
     async def conflict(request: Request, exc: CancelRefused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(PageNotFound)
+    async def page_not_found(request: Request, exc: PageNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ImageGone)
+    async def image_gone(request: Request, exc: ImageGone) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=410)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,8 +3,9 @@
 - `BodyLimitMiddleware`: a client that declares too large a body is answered 413 before
   anything is read; one that streams more than it declared (or declares nothing) is cut
   off as soon as the count passes the limit, so a huge upload never lands in memory or
-  on disk. A body that pauses longer than `timeout` seconds between chunks is answered
-  408: a slow upload cannot hold a connection and a parser open forever.
+  on disk. A body that pauses longer than `timeout` seconds between chunks, or that after
+  its first `timeout` seconds arrives slower than `MIN_BODY_RATE` on average (a byte now
+  and then), is answered 408: a slow upload cannot hold a connection and a parser open.
 - `AdmissionGate`: a submission that the service would refuse anyway (queue full,
   shutting down) is answered 503 before its body is read, so an overloaded service does
   not read every refused 20 MB upload.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -23,6 +25,7 @@ from ocr_service.api.state import AppState
 from ocr_service.core.ledger import QueueFull
 
 SUBMISSION_PATHS = frozenset({"/ocr", "/ocr/url", "/ocr/url/batch", "/ocr_batch", "/v1/ocr"})
+MIN_BODY_RATE = 1024  # bytes per second a body must average once it has had `timeout` seconds
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class BodyLimitMiddleware:
             return
         received = 0
         body_done = False
+        started = time.monotonic()
 
         async def counting_receive() -> Message:
             nonlocal received, body_done
@@ -68,6 +72,11 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     # FastAPI re-raises HTTPExceptions from body parsing: the client gets a JSON 413.
                     raise HTTPException(413, self.detail)
+                elapsed = time.monotonic() - started
+                if not body_done and elapsed > self.timeout and received < MIN_BODY_RATE * elapsed:
+                    raise HTTPException(
+                        408, f"the request body arrives slower than {MIN_BODY_RATE} bytes/s (OCR_BODY_TIMEOUT)"
+                    )
             return message
 
         await self.app(scope, counting_receive, send)

@@ -2,8 +2,8 @@
 
 The shapes are those of `mistralai` 3.x (`client.ocr.process`): a `document_url` (a PDF or
 image by https URL or `data:` URI) or an `image_url`, optional `pages` (0-based, a list or
-"0,2-4"), and an answer of pages with Markdown, images (`img-K.jpeg` ids, pixel corners,
-JPEG crops on request), dimensions and typed blocks (`output/mistral.py` maps DeepSeek's
+"0,2-4"), and an answer of pages with Markdown, images (`img-K.png` ids, pixel corners,
+PNG crops on request), dimensions and typed blocks (`output/mistral.py` maps DeepSeek's
 labels onto Mistral's block types).
 
 The document goes through the same intake, queue and batcher as every other upload, with
@@ -11,8 +11,9 @@ a grounding prompt so layout exists; the call waits like `POST /ocr_batch`, at m
 OCR_SYNC_TIMEOUT, then answers 504 naming the task, which goes on and can be polled. A
 `data:` URI is an upload (base64 decoded off the event loop, under the upload limit); an
 https URL is fetched by the service's own safe fetcher (SSRF checks, size and time limits).
-Selected pages of a PDF are copied into a PDF of their own before queueing, so only they
-are read; other multi-page images are read whole and the selected pages returned.
+The ledger queues whole documents, so a selection of pages is read whole and the selected
+pages returned. Crops are cut, as the page-image API cuts them, from pages drawn again by
+the decoder pool (the same sandboxed decode the engine's pages came from).
 
 Errors: a 422 carries FastAPI's `detail` list (`loc`, `msg`, `type`), which the SDK parses
 into `HTTPValidationError`; every error also carries Mistral's `object`, `message`, `type`,
@@ -40,18 +41,12 @@ from ocr_service.api.middleware import note_task
 from ocr_service.api.models import ERROR_MEANINGS, ErrorDetail
 from ocr_service.api.security import Submitter
 from ocr_service.api.state import ApiConfig, Config, Running, Services
-from ocr_service.core.tasks import OcrParams, Task, TaskStatus
+from ocr_service.core.tasks import OcrParams, TaskStatus
 from ocr_service.deepseek import GROUNDING_TAG, PROMPTS
-from ocr_service.documents import Document, DocumentError, DocumentLimits, open_document, sniff_media_type
+from ocr_service.documents import Document, DocumentError, open_document, sniff_media_type
 from ocr_service.documents.fetch import FetchError, check_url_syntax
-from ocr_service.documents.pdf import extract_pages
-from ocr_service.output.mistral import (
-    MistralOptions,
-    MistralPage,
-    PageImage,
-    crop_jpeg_data_uri,
-    mistral_page,
-)
+from ocr_service.output.mistral import MistralOptions, MistralPage, PageImage, mistral_page
+from ocr_service.output.page_images import crop_block
 from ocr_service.output.pages import PageResult
 
 IMAGE_DPI = 72  # an image has no rendering resolution: one pixel is one point, as in PDF
@@ -113,7 +108,7 @@ class OCRImageObject(BaseModel):
     top_left_y: int | None
     bottom_right_x: int | None
     bottom_right_y: int | None
-    image_base64: str | None = Field(None, description="data:image/jpeg;base64,... when include_image_base64")
+    image_base64: str | None = Field(None, description="data:image/png;base64,... when include_image_base64")
 
 
 class OCRPageDimensions(BaseModel):
@@ -277,14 +272,11 @@ async def ocr(body: OCRRequest, request: Request, service: Running, config: Conf
     ranges = parse_pages(body.pages)
     service.ledger.check_room(caller.client)
     data = await _read_document(body.document, service, config)
-    limits = service.intake.limits
-    queued, selected = data, None
-    if ranges is not None:
-        document = await _open(data, limits)
+    selected = None
+    if ranges is not None:  # checked before the document is queued
+        document = await _open(data, service)
         selected = expand_pages(ranges, document.page_count)
-        if document.kind == "pdf" and len(selected) < document.page_count:
-            queued = await asyncio.to_thread(extract_pages, data, selected)
-    task = await service.intake.submit_upload(queued, _params(config), caller)
+    task = await service.intake.submit_upload(data, _params(config), caller)
     note_task(request, task.id)
     if not await service.ledger.wait_for([task], config.sync_timeout):
         detail = f"not finished within {config.sync_timeout:g} s (OCR_SYNC_TIMEOUT); the work goes on: poll GET /ocr/{task.id}"
@@ -293,9 +285,10 @@ async def ocr(body: OCRRequest, request: Request, service: Running, config: Conf
         return mistral_error(409, f"task {task.id} was cancelled before it finished", task_id=task.id)
     if task.status is not TaskStatus.COMPLETED:
         return mistral_error(500, task.error or "the OCR failed", task_id=task.id)
-    pages = _returned_pages(task, selected, queued is not data)
+    done = [page for page in task.pages if page is not None]
+    pages = list(enumerate(done)) if selected is None else [(index, done[index]) for index in selected]
     return OCRResponse(
-        pages=await _answer_pages(pages, body, queued, limits),
+        pages=await _answer_pages(pages, body, data, service),
         model=service.batcher.engine.name,
         usage_info=OCRUsageInfo(pages_processed=task.pages_total, doc_size_bytes=len(data)),
     )
@@ -414,25 +407,16 @@ def expand_pages(ranges: list[tuple[int, int]], page_count: int) -> list[int]:
     return sorted({page for first, last in ranges for page in range(first, last + 1)})
 
 
-async def _open(data: bytes, limits: DocumentLimits) -> Document:
+async def _open(data: bytes, service: Services) -> Document:
+    """The document opened in the decoder pool, as the intake opens it."""
     try:
-        return await asyncio.to_thread(open_document, data, limits)
+        return await asyncio.to_thread(open_document, data, service.intake.limits, service.intake.decoder)
     except DocumentError as exc:
         raise invalid(("document",), str(exc)) from None
 
 
-def _returned_pages(task: Task, selected: list[int] | None, cut: bool) -> list[tuple[int, PageResult]]:
-    """(0-based page of the client's document, result) for every page to return."""
-    done = [page for page in task.pages if page is not None]
-    if selected is None:
-        return list(enumerate(done))
-    if cut:  # the queued PDF held the selected pages only, in order
-        return list(zip(selected, done, strict=True))
-    return [(index, done[index]) for index in selected]
-
-
 async def _answer_pages(
-    pages: list[tuple[int, PageResult]], body: OCRRequest, queued: bytes, limits: DocumentLimits
+    pages: list[tuple[int, PageResult]], body: OCRRequest, data: bytes, service: Services
 ) -> list[OCRPageObject]:
     options = MistralOptions(
         image_limit=body.image_limit,
@@ -449,12 +433,11 @@ async def _answer_pages(
         converted.append(result)
     crops: dict[str, str] = {}
     if body.include_image_base64 and images:
-        document = await _open(queued, limits)
-        for (_, page), result in zip(pages, converted, strict=True):
+        document = await _open(data, service)
+        for (index, _), result in zip(pages, converted, strict=True):
             if result.images:
-                page_index = (page.page or 1) - 1
-                crops.update(await asyncio.to_thread(_crop_page, document, page_index, result.images))
-    dpi = limits.pdf_dpi if sniff_media_type(queued) == "application/pdf" else IMAGE_DPI
+                crops.update(await asyncio.to_thread(_crop_page, document, index, result.images))
+    dpi = service.intake.limits.pdf_dpi if sniff_media_type(data) == "application/pdf" else IMAGE_DPI
     return [
         OCRPageObject(
             index=index,
@@ -479,6 +462,12 @@ async def _answer_pages(
 
 
 def _crop_page(document: Document, page_index: int, images: list[PageImage]) -> dict[str, str]:
-    """Decode one page (the image the engine read) and crop its images. Blocking."""
+    """Draw one page again (the image the engine read) and cut out its images as PNG `data:`
+    URIs, the same crops as the page-image API's. Blocking."""
     page_image = document.load_page(page_index)
-    return {image.id: crop_jpeg_data_uri(page_image, image.corners) for image in images}
+    crops = {}
+    for image in images:
+        c = image.corners
+        png = crop_block(page_image, (c.top_left_x, c.top_left_y, c.bottom_right_x, c.bottom_right_y))
+        crops[image.id] = f"data:{png.media_type};base64,{base64.b64encode(png.data).decode('ascii')}"
+    return crops

@@ -26,6 +26,7 @@ ERROR_MEANINGS = {
     401: "No valid API key (when OCR_API_KEYS is set)",
     404: "Unknown, expired, or another key's",
     409: "The task has already ended",
+    410: "Gone: the task's document is no longer kept (OCR_KEEP_DOCUMENTS_MB)",
     413: "Larger than the upload limit",
     422: "Invalid input",
     429: "Over the per-client rate limit (OCR_RATE_LIMIT) or task quota (OCR_MAX_STORED_TASKS_PER_CLIENT); see Retry-After",
@@ -99,6 +100,8 @@ class PageView(BaseModel):
     finish_reason: str
     truncated: bool
     warnings: list[str] | None = None
+    width: int = Field(description="Pixel width of the page image the engine read (the blocks' space)")
+    height: int = Field(description="Pixel height of that image")
 
 
 class TaskView(BaseModel):

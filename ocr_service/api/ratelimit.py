@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ocr_service.api.security import ApiKeys, presented_key
 
 PROBES = frozenset({"/health", "/ready"})
+UI_FILES = "/ui/"  # the web UI's static files: no data, and a page load fetches several
 
 
 class RateLimitMiddleware:
@@ -39,7 +40,7 @@ class RateLimitMiddleware:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] != "http" or scope["path"] in PROBES or scope["path"].startswith(UI_FILES):
             await self.app(scope, receive, send)
             return
         client = self.client_key(scope)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.tasks import BatchJob, Caller, OcrParams, Task
 from ocr_service.deepseek import with_image_tag
-from ocr_service.documents import DocumentError, DocumentLimits, open_document
+from ocr_service.documents import DecoderPool, DocumentError, DocumentLimits, open_document
 from ocr_service.documents.fetch import FetchError, UrlFetcher, check_url_syntax
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,11 @@ class KeyedSlots:
 
 
 class Intake:
-    def __init__(self, ledger: WorkLedger, fetcher: UrlFetcher, limits: DocumentLimits) -> None:
+    def __init__(self, ledger: WorkLedger, fetcher: UrlFetcher, limits: DocumentLimits, decoder: DecoderPool) -> None:
         self.ledger = ledger
         self.fetcher = fetcher
         self.limits = limits
+        self.decoder = decoder  # opens documents and draws their pages in child processes
         self._downloads: dict[str, asyncio.Task[None]] = {}  # by task id
         self._download_slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self._per_client = KeyedSlots(MAX_DOWNLOADS_PER_KEY)
@@ -87,7 +88,7 @@ class Intake:
     async def submit_upload(self, data: bytes, params: OcrParams, caller: Caller) -> Task:
         """Admit an uploaded document; DocumentError for a bad one, QueueFull when full."""
         self.ledger.check_room(caller.client)  # before the work of opening it
-        document = await asyncio.to_thread(open_document, data, self.limits)
+        document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
         task = Task(params, owner=caller.owner, client=caller.client)
         await self.ledger.admit_document(task, document, data)
         return task
@@ -147,7 +148,7 @@ class Intake:
                 self._download_slots,
             ):
                 data = await self.fetcher.fetch(url)
-            document = await asyncio.to_thread(open_document, data, self.limits)
+            document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
             if task.required_kind is not None and document.kind != task.required_kind:
                 self.ledger.fail(task, f"Provided file is not a {task.required_kind.upper()}: {url}")
                 return
@@ -165,7 +166,7 @@ class Intake:
         for task, data in work:
             if data is not None:
                 try:
-                    document = await asyncio.to_thread(open_document, data, self.limits)
+                    document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
                 except DocumentError as exc:
                     self.ledger.resume(task, None)
                     self.ledger.fail(task, f"its document could not be opened again after a restart: {exc}")

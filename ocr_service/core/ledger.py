@@ -28,6 +28,7 @@ from dataclasses import replace
 
 from ocr_service.core.batcher import PageSink
 from ocr_service.core.estimates import ThroughputMeter
+from ocr_service.core.keeper import DocumentKeeper
 from ocr_service.core.queue import PageJob, PageQueue
 from ocr_service.core.store import Dropped, TaskStore
 from ocr_service.core.tasks import BatchJob, Task, TaskStatus
@@ -73,6 +74,7 @@ class WorkLedger(PageSink):
         max_stored_per_client: int = 10_000,
         expiry_interval: float = 300,
         clock: Callable[[], float] = time.monotonic,
+        keeper: DocumentKeeper | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -81,6 +83,7 @@ class WorkLedger(PageSink):
         self.max_stored_per_client = max_stored_per_client
         self.expiry_interval = expiry_interval  # how often finished tasks are dropped
         self.clock = clock
+        self.keeper = keeper if keeper is not None else DocumentKeeper(0)  # ended tasks' documents (page images)
         self.throughput = ThroughputMeter()
         self.counts: Counter[TaskStatus] = Counter()  # tasks held now, by status
         self.ended: Counter[TaskStatus] = Counter()  # tasks that ever ended, by outcome
@@ -301,6 +304,8 @@ class WorkLedger(PageSink):
     def _end(self, task: Task, status: TaskStatus, error: str | None = None) -> None:
         if task.status.terminal:
             return
+        if task.document is not None:  # page images: the record drops its document, the keeper may keep it
+            self.keeper.keep(task.id, task.document)
         self._move(task, status, lambda: task.set_ended(status, error))
         self.ended[status] += 1
         self._live.pop(task.id, None)
@@ -378,6 +383,7 @@ class WorkLedger(PageSink):
             self._held_by_client[dropped.client] -= 1
             if self._held_by_client[dropped.client] <= 0:
                 del self._held_by_client[dropped.client]
+            self.keeper.drop(dropped.task_id)  # page images go with the task
         self.expired += len(expired)
         return len(expired)
 

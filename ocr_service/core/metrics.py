@@ -29,6 +29,8 @@ _EXPORTED = (
     ("oom_events", "counter", "Out-of-memory errors that split a batch"),
     ("pages_too_large", "counter", "Pages that alone did not fit in memory"),
     ("pages_processed", "counter", "Pages the engine finished"),
+    ("documents_kept_bytes", "gauge", "Encoded bytes of ended tasks' documents kept for page images"),
+    ("documents_evicted", "counter", "Documents dropped to stay within OCR_KEEP_DOCUMENTS_MB"),
 )
 
 

@@ -154,7 +154,7 @@ class RedisTaskStore:
         ttl = max(1, round(self.ttl))
         if task.batch_id is None:
             pipe.expire(_task(task.id), ttl)
-            self._ended.append((time.time() + self.ttl, Dropped(task.status, task.client)))
+            self._ended.append((time.time() + self.ttl, Dropped(task.id, task.status, task.client)))
             return
         batch = self._batches.get(task.batch_id)
         if batch is None or batch.finished_at is None:
@@ -163,7 +163,7 @@ class RedisTaskStore:
         pipe.expire(_batch(batch.id), ttl)
         for item in batch.tasks:
             pipe.expire(_task(item.id), ttl)
-            self._ended.append((time.time() + self.ttl, Dropped(item.status, item.client)))
+            self._ended.append((time.time() + self.ttl, Dropped(item.id, item.status, item.client)))
 
     # -- reading ---------------------------------------------------------------
 

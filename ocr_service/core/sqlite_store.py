@@ -107,7 +107,8 @@ class SqliteTaskStore:
         batch_ids = [row[0] for row in batches]
         marks = ",".join("?" * len(batch_ids))
         where = "(batch_id IS NULL AND finished_at <= ?)" + (f" OR batch_id IN ({marks})" if batch_ids else "")
-        dropped = [Dropped(TaskStatus(row[0]), row[1]) for row in await self._fetch(f"SELECT status, client FROM tasks WHERE {where}", (cutoff, *batch_ids))]
+        rows = await self._fetch(f"SELECT id, status, client FROM tasks WHERE {where}", (cutoff, *batch_ids))
+        dropped = [Dropped(task_id, TaskStatus(status), client) for task_id, status, client in rows]
         await self.db.execute(f"DELETE FROM tasks WHERE {where}", (cutoff, *batch_ids))
         if batch_ids:
             await self.db.execute(f"DELETE FROM batches WHERE id IN ({marks})", batch_ids)
@@ -120,8 +121,10 @@ class SqliteTaskStore:
             for record, document in await self._fetch("SELECT record, document FROM tasks WHERE finished_at IS NULL")
         ]
         finished = [
-            Dropped(TaskStatus(status), client)
-            for status, client in await self._fetch("SELECT status, client FROM tasks WHERE finished_at IS NOT NULL")
+            Dropped(task_id, TaskStatus(status), client)
+            for task_id, status, client in await self._fetch(
+                "SELECT id, status, client FROM tasks WHERE finished_at IS NOT NULL"
+            )
         ]
         if unfinished or finished:
             logger.info("restored %d unfinished and %d finished tasks from %s", len(unfinished), len(finished), self.path)

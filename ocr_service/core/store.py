@@ -29,6 +29,7 @@ Work = list[tuple[Task, bytes | None]]  # unfinished tasks, with their document 
 class Dropped:
     """A task the store dropped after its TTL (or holds finished): what the ledger's counts need."""
 
+    task_id: str
     status: TaskStatus
     client: str
 
@@ -150,7 +151,7 @@ class MemoryTaskStore:
                 expired.append(record)
         for task in expired:
             self._tasks.pop(task.id, None)
-        return [Dropped(task.status, task.client) for task in expired]
+        return [Dropped(task.id, task.status, task.client) for task in expired]
 
     async def restore(self) -> Restored:
         return Restored()  # nothing outlives the process

@@ -3,7 +3,7 @@
 A task is one document (an image, a multi-frame TIFF or a PDF); each of its pages is a
 unit of work for the batcher. While the task waits it holds only the encoded document;
 pages are decoded when their batch runs, and the document is dropped as soon as the
-task ends.
+task ends (the ledger may hand it to the `DocumentKeeper`, for page images).
 
 These are records. Their state changes only through `WorkLedger` (core/ledger.py),
 which calls the `set_...` methods here and keeps the side effects of each change
@@ -79,6 +79,10 @@ class Task:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set when terminal
+    # -- change notification (event streams): see `changed_since` ----------------
+    version: int = 0  # bumped by every change
+    completion_order: list[int] = field(default_factory=list)  # page indexes, in the order they finished
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set (and replaced) on a change
 
     def __post_init__(self) -> None:
         self.updated_at = self.created_at
@@ -110,6 +114,7 @@ class Task:
 
     def set_page(self, index: int, page: PageResult) -> None:
         self.pages[index] = page
+        self.completion_order.append(index)
         self._touch()
 
     def add_warning(self, warning: str) -> None:
@@ -127,6 +132,24 @@ class Task:
 
     def _touch(self) -> None:
         self.updated_at = time.time()
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed_since(self, version: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a change after `version`; True if there was one.
+
+        A reader notes `version`, reads the record, then waits here: a change made
+        between the read and the wait is not missed, since the version has moved.
+        """
+        if self.version != version:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 @dataclass(eq=False)

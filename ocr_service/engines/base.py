@@ -14,6 +14,7 @@ service's event loop and next to the model.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -181,6 +182,7 @@ class _Ready:
 
     page: DecodedPage | Exception
     inputs: Any = None
+    pixels: int = 0  # counted against the prefetch budget while it waits
 
 
 class BatchEngine:
@@ -193,14 +195,20 @@ class BatchEngine:
     underneath (CUDA handles, CPU thread pools) is made once. `prefetch` starts preparing
     pages as soon as the batcher sees them coming, so the model does not wait between
     batches for decoding and image processing; a hinted page that never comes is dropped.
+    Pages prepared ahead hold at most `prefetch_pixels` decoded pixels, so hints never
+    double the memory a batch of large pages takes: past it, a page is prepared when its
+    batch comes.
     """
 
     name: ClassVar[str] = "batch"
     max_batches_in_flight: ClassVar[int | None] = 1
     prepare_threads: ClassVar[int] = 4
+    prefetch_pixels: ClassVar[int] = 48_000_000  # about 7 A4 pages at 144 dpi, 3 pages at the PDF raster cap
     _model_thread: ThreadPoolExecutor | None = None
     _prep_threads: ThreadPoolExecutor | None = None
-    _hinted: dict[str, Future[_Ready]] | None = None  # by page key, the latest hint only
+    _hinted: dict[str, Future[_Ready | None]] | None = None  # by page key, the latest hint only
+    _hinted_pixels = 0
+    _budget_lock = threading.Lock()
 
     def load(self) -> None:
         pass
@@ -228,18 +236,24 @@ class BatchEngine:
         hinted = self._hinted if self._hinted is not None else {}
         keys = {page.key for page in pages if page.key}
         for key in [key for key in hinted if key not in keys]:
-            hinted.pop(key).cancel()  # no longer expected next: dropped if not started
+            self._forget(hinted.pop(key))  # no longer expected next
         prep = self._threads()[0]
         for page in pages:
             if page.key and page.key not in hinted:
-                hinted[page.key] = prep.submit(self._prepare, page)
+                hinted[page.key] = prep.submit(self._prepare_ahead, page)
         self._hinted = hinted
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
         prep, model = self._threads()
+        loop = asyncio.get_running_loop()
         hinted = self._hinted if self._hinted is not None else {}
-        futures = [hinted.pop(page.key) if page.key in hinted else prep.submit(self._prepare, page) for page in pages]
-        ready = [await asyncio.wrap_future(future) for future in futures]
+        ready: list[_Ready] = []
+        for page in pages:
+            ahead = hinted.pop(page.key, None)
+            done = await asyncio.wrap_future(ahead) if ahead is not None else None
+            if ahead is not None:
+                self._forget(ahead)
+            ready.append(done if done is not None else await loop.run_in_executor(prep, self._prepare, page))
         outcomes = await asyncio.get_running_loop().run_in_executor(model, self._predict_ready, ready)
         for index, outcome in enumerate(outcomes):
             yield index, outcome
@@ -249,6 +263,27 @@ class BatchEngine:
             self._prep_threads = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix=f"{self.name}-prepare")
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
         return self._prep_threads, self._model_thread
+
+    def _prepare_ahead(self, request: PageRequest) -> _Ready | None:
+        """Prepare a hinted page, or None where its pixels would pass the budget."""
+        ready = self._prepare(request)
+        pixels = ready.page.image.width * ready.page.image.height if isinstance(ready.page, DecodedPage) else 0
+        with self._budget_lock:
+            if self._hinted_pixels + pixels > self.prefetch_pixels:
+                return None
+            self._hinted_pixels += pixels
+        return replace(ready, pixels=pixels)
+
+    def _forget(self, hint: Future[_Ready | None]) -> None:
+        """A hinted page was taken or dropped: its pixels no longer count against the budget."""
+        if hint.cancel() or not hint.done() or hint.exception() is not None:
+            if not hint.done():
+                hint.add_done_callback(self._forget)  # still running: forget it when it ends
+            return
+        ready = hint.result()
+        if ready is not None:
+            with self._budget_lock:
+                self._hinted_pixels -= ready.pixels
 
     def _prepare(self, request: PageRequest) -> _Ready:
         page = decode(request)

@@ -38,12 +38,14 @@ def fake_text(request: DecodedPage) -> str:
 
 
 def grounded(text: str, width: int, height: int) -> str:
-    """DeepSeek-style grounded output: a title block and a text block on the 0..999 grid."""
+    """DeepSeek-style grounded output on the 0..999 grid: a title, a text block and an
+    image region (DeepSeek writes no text after an image's box list)."""
     return (
         "<|ref|>title<|/ref|><|det|>[[100, 40, 900, 110]]<|/det|>\n"
         f"# Fake page {width}x{height}\n\n"
         "<|ref|>text<|/ref|><|det|>[[100, 150, 900, 800]]<|/det|>\n"
-        f"{text}"
+        f"{text}\n\n"
+        "<|ref|>image<|/ref|><|det|>[[250, 820, 750, 960]]<|/det|>\n"
     )
 
 

@@ -134,3 +134,8 @@ def _gpus_listed() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+
+
+def resolution_mode_of(settings: Settings) -> str | None:
+    """The resolution mode the engine serves, or None for engines without modes (RapidOCR, fake)."""
+    return settings.resolution_mode if settings.engine in ("vllm", "transformers") else None

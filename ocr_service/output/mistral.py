@@ -2,8 +2,8 @@
 
 `mistral_page` turns a `PageResult` into what `POST /v1/ocr` answers for that page. The
 page's own Markdown is kept; only these edits are made to it:
-- image references `![](images/page-P-N.png)` become Mistral's `![img-K.jpeg](img-K.jpeg)`,
-  where `img-K.jpeg` is the image's `id`. K counts the images of the whole answer from 0, in
+- image references `![](images/page-P-N.png)` become Mistral's `![img-K.png](img-K.png)`,
+  where `img-K.png` is the image's `id`. K counts the images of the whole answer from 0, in
   page order, as Mistral numbers them; an image left out (`image_limit`, `image_min_size`,
   an empty box) loses its reference and its block;
 - with `table_format="html"` each table's HTML is replaced by a `[tbl-K.html](tbl-K.html)`
@@ -30,21 +30,19 @@ first column; RapidOCR's line boxes are `text`):
 | seal                                                          | signature          |
 
 Mistral's `aside_text` has no DeepSeek counterpart. Corners are whole pixels of the page
-image the engine read: the box's top-left rounded down, its bottom-right rounded up.
+image the engine read, as the page-image API crops them (`page_images.crop_box`): the box's
+top-left rounded down, its bottom-right rounded up, inside the page.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image
-
 from ocr_service.output.blocks import Block
+from ocr_service.output.page_images import crop_box
 from ocr_service.output.pages import PageResult, image_name
 
 BLOCK_TYPES = {
@@ -76,7 +74,6 @@ BLOCK_TYPES = {
     "reference": "references",
     "seal": "signature",
 }
-JPEG_QUALITY = 90
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -98,18 +95,15 @@ class Corners:
 
     @classmethod
     def of(cls, bbox: tuple[float, float, float, float], width: int, height: int) -> Corners:
-        """Whole pixels covering `bbox`, inside the page.
+        """Whole pixels covering `bbox`, inside the page (unclamped when its size is unknown).
 
         >>> Corners.of((10.4, 20.6, 30.2, 40.0), 35, 100)
         Corners(top_left_x=10, top_left_y=20, bottom_right_x=31, bottom_right_y=40)
         """
+        if width and height:
+            return cls(*crop_box(bbox, width, height))
         x1, y1, x2, y2 = bbox
-        return cls(
-            max(0, math.floor(x1)),
-            max(0, math.floor(y1)),
-            min(width, math.ceil(x2)) if width else math.ceil(x2),
-            min(height, math.ceil(y2)) if height else math.ceil(y2),
-        )
+        return cls(math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -177,7 +171,7 @@ def mistral_page(page: PageResult, options: MistralOptions, images_before: int =
                 corners = Corners.of(block.bbox, page.width, page.height)
                 kept = _keep_image(corners, options, images_before + len(images))
                 reference = f"![]({image_name(page.page or 1, image_number)})"
-                image_id = f"img-{images_before + len(images)}.jpeg" if kept else None
+                image_id = f"img-{images_before + len(images)}.png" if kept else None
                 cursor = _edit(page.markdown, cursor, reference, f"![{image_id}]({image_id})" if image_id else "", edits)
                 if image_id is not None:
                     images.append(PageImage(image_id, corners))
@@ -248,11 +242,3 @@ def _apply(markdown: str, edits: list[tuple[int, int, str]]) -> str:
         position = end
     parts.append(markdown[position:])
     return _BLANK_LINES.sub("\n\n", "".join(parts)).strip()
-
-
-def crop_jpeg_data_uri(page_image: Image.Image, corners: Corners) -> str:
-    """The region of the page image as a JPEG `data:` URI, as Mistral's `image_base64`. Blocking."""
-    region = page_image.crop((corners.top_left_x, corners.top_left_y, corners.bottom_right_x, corners.bottom_right_y))
-    out = io.BytesIO()
-    region.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")

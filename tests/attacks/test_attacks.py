@@ -282,6 +282,31 @@ def test_a_body_that_stops_arriving_gets_408(guarded: str) -> None:
     assert answer.startswith(b"HTTP/1.1 408") and b"OCR_BODY_TIMEOUT" in answer
 
 
+def test_a_body_trickling_a_byte_at_a_time_gets_408(guarded: str) -> None:
+    sock = connect(guarded, "127.0.0.8")
+    try:
+        sock.sendall(
+            b"POST /ocr/url HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        )
+        answer = b""
+        for _ in range(20):  # a byte every 0.4 s: never a pause of OCR_BODY_TIMEOUT, but far too slow
+            time.sleep(0.4)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            sock.settimeout(0.01)
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
 def test_a_full_service_refuses_an_upload_before_reading_its_body(guarded: str) -> None:
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.4"), timeout=5) as client:  # 4 requests
         busy = client.post(f"{guarded}/ocr", files={"file": ("a.png", encode(solid_image(1)))})
