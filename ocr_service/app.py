@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from ocr_service import __version__
-from ocr_service.api import events, ops, page_images, ui
+from ocr_service.api import docs, events, mistral, ops, page_images, ui
 from ocr_service.api.errors import add_error_handlers
 from ocr_service.api.limits import AdmissionGate, BodyLimitMiddleware
 from ocr_service.api.middleware import RequestObserver
@@ -116,6 +116,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         version=__version__,
         description="Images and PDFs in, Markdown with layout boxes out, through a bounded queue and a micro-batcher.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served offline by docs.add_offline_docs
     )
     app.state.ocr = state
     app.include_router(ops.router)
@@ -124,6 +125,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(page_images.router)
     app.include_router(ui.router)
     ui.mount_ui(app)
+    app.include_router(mistral.router)
+    docs.add_offline_docs(app)
     add_error_handlers(app)
     app.add_middleware(AdmissionGate, state=state)
     app.add_middleware(

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES_WITH_EXAMPLES = ["ocr_service.deepseek", "ocr_service.core.batcher", "ocr_service.core.estimates", "ocr_service.engines.rapidocr", "ocr_service.output.layout", "ocr_service.output.escape", "ocr_service.api.errors", "ocr_service.api.middleware"]
+MODULES_WITH_EXAMPLES = ["ocr_service.deepseek", "ocr_service.core.batcher", "ocr_service.core.estimates", "ocr_service.engines.rapidocr", "ocr_service.output.layout", "ocr_service.output.escape", "ocr_service.api.errors", "ocr_service.api.middleware", "ocr_service.api.mistral", "ocr_service.output.mistral"]
 
 
 @pytest.mark.parametrize("name", MODULES_WITH_EXAMPLES)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ocr_service.api.state import AppState
 from ocr_service.core.ledger import QueueFull
 
-SUBMISSION_PATHS = frozenset({"/ocr", "/ocr/url", "/ocr/url/batch", "/ocr_batch"})
+SUBMISSION_PATHS = frozenset({"/ocr", "/ocr/url", "/ocr/url/batch", "/ocr_batch", "/v1/ocr"})
 MIN_BODY_RATE = 1024  # bytes per second a body must average once it has had `timeout` seconds
 
 
