@@ -11,8 +11,8 @@ a grounding prompt so layout exists; the call waits like `POST /ocr_batch`, at m
 OCR_SYNC_TIMEOUT, then answers 504 naming the task, which goes on and can be polled. A
 `data:` URI is an upload (base64 decoded off the event loop, under the upload limit); an
 https URL is fetched by the service's own safe fetcher (SSRF checks, size and time limits).
-The ledger queues whole documents, so a selection of pages is read whole and the selected
-pages returned. Crops are cut, as the page-image API cuts them, from pages drawn again by
+Only the selected pages are read (the task's page selection). Crops are cut, as the
+page-image API cuts them, from pages drawn again by
 the decoder pool (the same sandboxed decode the engine's pages came from).
 
 Errors: a 422 carries FastAPI's `detail` list (`loc`, `msg`, `type`), which the SDK parses
@@ -44,7 +44,7 @@ from ocr_service.api.state import ApiConfig, Config, Running, Services
 from ocr_service.core.tasks import OcrParams, TaskStatus
 from ocr_service.deepseek import GROUNDING_TAG, PROMPTS
 from ocr_service.documents import Document, DocumentError, open_document, sniff_media_type
-from ocr_service.documents.fetch import FetchError, check_url_syntax
+from ocr_service.documents.fetch import FetchError
 from ocr_service.output.mistral import MistralOptions, MistralPage, PageImage, mistral_page
 from ocr_service.output.page_images import crop_block
 from ocr_service.output.pages import PageResult
@@ -271,12 +271,12 @@ async def ocr(body: OCRRequest, request: Request, service: Running, config: Conf
     _refuse_unsupported(body)
     ranges = parse_pages(body.pages)
     service.ledger.check_room(caller.client)
-    data = await _read_document(body.document, service, config)
+    data = await _read_document(body.document, service, config, caller.client)
     selected = None
     if ranges is not None:  # checked before the document is queued
         document = await _open(data, service)
         selected = expand_pages(ranges, document.page_count)
-    task = await service.intake.submit_upload(data, _params(config), caller)
+    task = await service.intake.submit_upload(data, _params(config), caller, pages=selected)
     note_task(request, task.id)
     if not await service.ledger.wait_for([task], config.sync_timeout):
         detail = f"not finished within {config.sync_timeout:g} s (OCR_SYNC_TIMEOUT); the work goes on: poll GET /ocr/{task.id}"
@@ -285,8 +285,7 @@ async def ocr(body: OCRRequest, request: Request, service: Running, config: Conf
         return mistral_error(409, f"task {task.id} was cancelled before it finished", task_id=task.id)
     if task.status is not TaskStatus.COMPLETED:
         return mistral_error(500, task.error or "the OCR failed", task_id=task.id)
-    done = [page for page in task.pages if page is not None]
-    pages = list(enumerate(done)) if selected is None else [(index, done[index]) for index in selected]
+    pages = [(index, page) for index in task.wanted if (page := task.pages[index]) is not None]
     return OCRResponse(
         pages=await _answer_pages(pages, body, data, service),
         model=service.batcher.engine.name,
@@ -317,7 +316,9 @@ def _params(config: ApiConfig) -> OcrParams:
     return config.defaults.params(prompt, None, None)
 
 
-async def _read_document(chunk: DocumentURLChunk | ImageURLChunk | FileChunk, service: Services, config: ApiConfig) -> bytes:
+async def _read_document(
+    chunk: DocumentURLChunk | ImageURLChunk | FileChunk, service: Services, config: ApiConfig, client: str
+) -> bytes:
     """The document's bytes: a data: URI decoded (within the upload limit), a URL fetched."""
     if isinstance(chunk, DocumentURLChunk):
         url, loc = chunk.document_url, ("document", "document_url")
@@ -332,8 +333,7 @@ async def _read_document(chunk: DocumentURLChunk | ImageURLChunk | FileChunk, se
         except ValueError as exc:
             raise invalid(loc, str(exc)) from None
     try:
-        check_url_syntax(url)
-        return await service.intake.fetcher.fetch(url)
+        return await service.intake.fetch(url, client)
     except FetchError as exc:
         raise invalid(loc, f"{url[:200]}: {exc}") from None
 

@@ -85,11 +85,17 @@ class Intake:
         self._per_client = KeyedSlots(MAX_DOWNLOADS_PER_KEY)
         self._per_host = KeyedSlots(MAX_DOWNLOADS_PER_KEY)
 
-    async def submit_upload(self, data: bytes, params: OcrParams, caller: Caller) -> Task:
-        """Admit an uploaded document; DocumentError for a bad one, QueueFull when full."""
+    async def submit_upload(
+        self, data: bytes, params: OcrParams, caller: Caller, pages: Sequence[int] | None = None
+    ) -> Task:
+        """Admit an uploaded document (only `pages`, 0-based, where given); DocumentError for a
+        bad one or a page it lacks, QueueFull when full."""
         self.ledger.check_room(caller.client)  # before the work of opening it
         document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
-        task = Task(params, owner=caller.owner, client=caller.client)
+        selection = None if pages is None else sorted(set(pages))
+        if selection is not None and (not selection or selection[-1] >= document.page_count):
+            raise DocumentError(f"the pages to read must be among 0 to {document.page_count - 1}")
+        task = Task(params, owner=caller.owner, client=caller.client, page_selection=selection)
         await self.ledger.admit_document(task, document, data)
         return task
 
@@ -128,6 +134,17 @@ class Intake:
             self._start_download(task)
         return batch
 
+    async def fetch(self, url: str, client: str) -> bytes:
+        """Download a URL now (a synchronous API waits on it), within the same fair shares
+        as the background downloads. FetchError says what was wrong."""
+        check_url_syntax(url)
+        async with (
+            self._per_client.hold(client),
+            self._per_host.hold(urlsplit(url).hostname or ""),
+            self._download_slots,
+        ):
+            return await self.fetcher.fetch(url)
+
     def _start_download(self, task: Task) -> None:
         download = asyncio.create_task(self._download(task), name=f"download-{task.id}")
         self._downloads[task.id] = download
@@ -142,12 +159,7 @@ class Intake:
     async def _download(self, task: Task) -> None:
         url = task.url or ""
         try:
-            async with (
-                self._per_client.hold(task.client),
-                self._per_host.hold(urlsplit(url).hostname or ""),
-                self._download_slots,
-            ):
-                data = await self.fetcher.fetch(url)
+            data = await self.fetch(url, task.client)
             document = await asyncio.to_thread(open_document, data, self.limits, self.decoder)
             if task.required_kind is not None and document.kind != task.required_kind:
                 self.ledger.fail(task, f"Provided file is not a {task.required_kind.upper()}: {url}")

@@ -201,8 +201,7 @@ class WorkLedger(PageSink):
                 ),
                 now,
             )
-            for index, page in enumerate(task.pages)
-            if page is None
+            for index in task.pages_left
         )
         self._note_busy()
 
@@ -261,7 +260,7 @@ class WorkLedger(PageSink):
         if task.status.terminal:
             raise CancelRefused(f"task {task.id} has already ended ({task.status.value})")
         if task.pages_done:
-            left = [str(index + 1) for index, page in enumerate(task.pages) if page is None]
+            left = [str(index + 1) for index in task.pages_left]
             task.add_warning(
                 f"cancelled after {task.pages_done} of {task.pages_total} pages; not done: pages {', '.join(left)}"
             )

@@ -69,8 +69,8 @@ class PageImages:
         return self._cached_bytes
 
     def _index(self, task: Task, number: int) -> int:
-        if not 1 <= number <= task.pages_total:
-            raise PageNotFound(f"task {task.id} has {task.pages_total} page(s); there is no page {number}")
+        if not 1 <= number <= len(task.pages):
+            raise PageNotFound(f"task {task.id} has {len(task.pages)} page(s); there is no page {number}")
         return number - 1
 
     def _document(self, task: Task) -> Document:

@@ -13,7 +13,10 @@ from typing import Any
 from ocr_service.core.tasks import BatchJob, OcrParams, Task, TaskStatus
 from ocr_service.output.pages import PageResult
 
-_FIELDS = ("id", "url", "batch_id", "owner", "client", "required_kind", "created_at", "updated_at", "finished_at", "error")
+_FIELDS = (
+    "id", "url", "batch_id", "owner", "client", "required_kind", "page_selection", "created_at", "updated_at",
+    "finished_at", "error",
+)  # fmt: skip
 
 
 def task_record(task: Task) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class Task:
     owner: str | None = None  # the API key's fingerprint where keys are on
     client: str = "local"  # whose quota it counts against (see Caller)
     required_kind: str | None = None  # "pdf" where the client said the URL is a PDF
+    page_selection: list[int] | None = None  # 0-based pages to read; None = every page
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
     updated_at: float = 0.0
@@ -88,12 +89,22 @@ class Task:
         self.updated_at = self.created_at
 
     @property
+    def wanted(self) -> list[int]:
+        """The 0-based pages this task reads."""
+        return list(range(len(self.pages))) if self.page_selection is None else self.page_selection
+
+    @property
     def pages_total(self) -> int:
-        return len(self.pages)
+        return len(self.wanted)
 
     @property
     def pages_done(self) -> int:
         return sum(page is not None for page in self.pages)
+
+    @property
+    def pages_left(self) -> list[int]:
+        """The 0-based pages wanted and not done yet."""
+        return [index for index in self.wanted if self.pages[index] is None]
 
     @property
     def result(self) -> str | None:
