@@ -32,9 +32,10 @@ CANARY_NGRAM = 3  # small, so a loop shows within a few tokens
 
 # What to do when vLLM does not apply the guard.
 GUARD_FIX = (
-    "Set VLLM_USE_V2_MODEL_RUNNER=0 in the service's environment: vLLM's V1 model runner applies "
-    "DeepSeek-OCR's NGramPerReqLogitsProcessor, while the V2 runner (vLLM 0.32's default wherever Triton "
-    "is installed, so on GPUs) does not take that processor. Or run vLLM 0.20.1, whose default is the V1 runner."
+    "Run vLLM's V1 model runner, which applies DeepSeek-OCR's NGramPerReqLogitsProcessor: set "
+    "VLLM_USE_V2_MODEL_RUNNER=0 in the service's environment (vLLM 0.32 picks the V2 runner wherever Triton is "
+    "installed, so on GPUs, and V2 does not take that processor), or use vLLM 0.20.1, whose default is V1. "
+    "Both 0.20.1 and 0.32.0 register the processor from the engine's arguments."
 )
 
 
@@ -74,11 +75,18 @@ class GuardCheck:
 
     def failure(self) -> str:
         """Why the engine refuses to start when the guard is not applied."""
+        if self.model_runner == "V1":
+            why = (
+                "The V1 runner applies the processor once it is registered, so this vLLM did not register it (an "
+                "engine argument it lacks is dropped: see the log) or ignored the request's n-gram arguments."
+            )
+        else:
+            why = "vLLM's V2 model runner does not take this processor."
         return (
             "vLLM does not apply DeepSeek-OCR's n-gram repetition guard: the start-up canary repeated "
             f"{self.guarded_repeats} {self.ngram_size}-grams in {len(self.guarded_ids)} tokens with the guard's "
-            f"rule in the request (model runner {self.model_runner}). Without it, every hard page would loop to "
-            f"max_tokens. {GUARD_FIX}"
+            f"rule in the request (model runner {self.model_runner}). {why} Without the guard, every hard page "
+            f"would loop to max_tokens. {GUARD_FIX}"
         )
 
     def as_dict(self) -> dict[str, object]:

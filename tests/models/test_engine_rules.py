@@ -122,7 +122,8 @@ def test_canary_verdicts() -> None:
     ignored = GuardCheck(3, 128, loop, loop, "V2")
     assert not ignored.applied
     assert "VLLM_USE_V2_MODEL_RUNNER=0" in ignored.failure() and "0.20.1" in ignored.failure()
-    assert "model runner V2" in ignored.failure()
+    assert "model runner V2" in ignored.failure() and "V2 model runner does not take" in ignored.failure()
+    assert "did not register it" in GuardCheck(3, 128, loop, loop, "V1").failure()
     proves_nothing = GuardCheck(3, 128, tuple(range(128)), tuple(range(128)))
     assert proves_nothing.applied and not proves_nothing.conclusive
 
