@@ -36,6 +36,9 @@ def test_the_service_answers_uploads_with_vllm_page_by_page(model_dir: Path, tmp
         "OCR_BATCH_SIZE": "4",
         "OCR_BATCH_TIMEOUT": "0.5",
         "OCR_DEFAULT_MAX_TOKENS": "16",
+        # As on a GPU host (one worker per GPU): vLLM in an engine worker, which starts vLLM's
+        # own engine-core process in turn.
+        "OCR_ENGINE_WORKERS": "1",
     }
     # At most 640 px a side: one view, no tiles, the cheapest page vLLM's towers take.
     upload = encode(text_page(["Invoice 4711", "Total 12.50", "发票 合计"], size=(452, 640), font_size=28))
@@ -67,6 +70,7 @@ def test_the_service_answers_uploads_with_vllm_page_by_page(model_dir: Path, tmp
 
         stats = httpx.get(f"{url}/stats").json()
         assert stats["engine"] == "vllm" and stats["completed"] >= 2
+        assert [worker["state"] for worker in stats["workers"]] == ["ready"]
 
 
 @pytest.fixture
