@@ -14,13 +14,15 @@ output length (every page generates exactly --new-tokens, EOS ignored). Parts:
   kept in flight (a new one as each ends) for (--waves + 1) x B pages after a
   warm-up; steady state = the pages after the first B to end; the spread comes from
   each wave of B pages;
-- service: the same pages posted to an app of `create_app(settings, engine)` served
-  by a real uvicorn on 127.0.0.1 in this process, around the same loaded engine
-  (one load; the same engine and the same fixed-length work on both sides of the
-  ratio, which OCR_ settings cannot give a `run_service.py` child: EOS-ignoring is
-  a benchmark-only engine option), driven by 2 x B closed-loop clients that post a
-  page and long-poll (`GET /ocr/{id}?wait=30`) until it ends; the same steady-state
-  measure; the ratio service/engine.
+- service: the same pages posted to the service, driven by 2 x B closed-loop clients
+  that post a page and long-poll (`GET /ocr/{id}?wait=30`) until it ends; the same
+  steady-state measure; the ratio service/engine. `--service-mode subprocess` (the
+  default) runs `run_service.py` as in production: vLLM in an engine worker process,
+  `OCR_IGNORE_EOS=true` for the same fixed-length work, started anew for each batch
+  size (`OCR_BATCH_SIZE` is vLLM's max_num_seqs) after the bench's own engine is
+  closed, so the client never shares an interpreter with the service. `inprocess`
+  serves an app of `create_app(settings, engine)` on a real uvicorn in this process
+  around the already loaded engine: no second start, but the client shares the GIL.
 
 Results go to JSON (and a log) as they come, each part in its own try, within a
 global time budget, so a run cut short keeps what it measured. A table comes last.
@@ -52,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import client, free_port, multipart, submit_and_wait
+from bench.harness import client, free_port, multipart, service_process, submit_and_wait
 from bench.pages import a4_text_page
 from ocr_service.deepseek import DEFAULT_PROMPT, repeated_ngrams
 from ocr_service.engines.base import PageOutput, PageRequest
@@ -78,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--attention-backend", default="", help="vLLM's attention backend, e.g. TRITON_ATTN (empty: vLLM's choice)")
     add("--mm-encoder-attention-backend", default="", help="the vision encoder's, e.g. TORCH_SDPA")
     add("--guard-off-engine", action="store_true", help="last: start an engine without the n-gram processor")
+    add("--service-mode", choices=["subprocess", "inprocess"], default="subprocess", help="see the module's doc")
     return parser.parse_args(argv)
 
 
@@ -219,27 +222,88 @@ async def drive(base_url: str, body: bytes, clients: int, total: int) -> tuple[l
     return finished, outcomes
 
 
-def service(engine: VllmEngine, upload: bytes, batch: int, waves: int, new_tokens: int, model_dir: Path) -> dict[str, Any]:
+def measure_service(url: str, upload: bytes, batch: int, waves: int, new_tokens: int) -> dict[str, Any]:
+    """A warm-up of B pages, then (waves + 1) x B pages from 2 x B long-polling clients."""
+    body = multipart(upload)
+    asyncio.run(drive(url, body, batch, batch))  # warm-up: not counted
+    finished, outcomes = asyncio.run(drive(url, body, 2 * batch, batch * (waves + 1)))
+    bad = [o for o in outcomes if o != "completed"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(outcomes)} service pages did not complete: {sorted(set(bad))}")
+    return {"batch": batch, "clients": 2 * batch, "pages": len(outcomes), **steady_state(finished, batch, new_tokens)}
+
+
+def service_inprocess(engine: VllmEngine, upload: bytes, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     from ocr_service.app import create_app
     from ocr_service.config import Settings
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         engine="vllm",
-        model_path=str(model_dir),
+        model_path=str(args.model_dir),
         batch_size=batch,
-        default_max_tokens=new_tokens,
+        default_max_tokens=args.new_tokens,
         max_queue_size=max(100, 4 * batch),
         log_level="WARNING",
     )
-    body = multipart(upload)
     with served(create_app(settings, engine=SharedEngine(engine))) as url:  # type: ignore[arg-type]
-        asyncio.run(drive(url, body, batch, batch))  # warm-up: not counted
-        finished, outcomes = asyncio.run(drive(url, body, 2 * batch, batch * (waves + 1)))
-    bad = [o for o in outcomes if o != "completed"]
-    if bad:
-        raise RuntimeError(f"{len(bad)} of {len(outcomes)} service pages did not complete: {sorted(set(bad))}")
-    return {"batch": batch, "clients": 2 * batch, "pages": len(outcomes), **steady_state(finished, batch, new_tokens)}
+        row = measure_service(url, upload, batch, args.waves, args.new_tokens)
+    return {"mode": "inprocess", **row}
+
+
+def service_subprocess(upload: bytes, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`run_service.py` with vLLM in one engine worker, as on a one-GPU host."""
+    settings = {
+        "engine": "vllm",
+        "engine_workers": 1,
+        "model_path": args.model_dir,
+        "batch_size": batch,
+        "default_max_tokens": args.new_tokens,
+        "ignore_eos": "true",
+        "gpu_memory_util": args.gpu_memory_util,
+        "max_model_len": args.max_model_len,
+        "vllm_attention_backend": args.attention_backend,
+        "vllm_mm_encoder_attention_backend": args.mm_encoder_attention_backend,
+        "max_queue_size": max(100, 4 * batch),
+        "shutdown_grace": 5,
+    }
+    started = time.perf_counter()
+    with service_process(settings, start_timeout=900, stop_timeout=60) as service:
+        wait_ready(service.base_url, 900)
+        ready_s = time.perf_counter() - started
+        row = measure_service(service.base_url, upload, batch, args.waves, args.new_tokens)
+    wait_gpu_released()
+    return {"mode": "subprocess", "start_to_ready_s": round(ready_s, 1), **row}
+
+
+def wait_ready(base_url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the service was not ready within {timeout:.0f} s")
+
+
+def gpu_used_bytes() -> int | None:
+    """The GPU's used memory (NVML, all processes); None without a GPU or nvidia-ml-py."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+    except Exception:  # no NVML here: nothing to wait for
+        return None
+
+
+def wait_gpu_released(timeout: float = 90, left_gib: float = 2.0) -> None:
+    """Until a stopped vLLM's memory is back (its processes exit a little after the service), so the next start fits."""
+    deadline = time.monotonic() + timeout
+    while (used := gpu_used_bytes()) is not None and used > left_gib * 2**30 and time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def guard_part(engine: VllmEngine, page: Any, run: Run) -> None:
@@ -312,34 +376,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with run.step("environment"):
         results["environment"] = environment()
-    engine: VllmEngine | None = None
-    options: VllmOptions | None = None
-    with run.step("model folder and engine load"):
+    options = VllmOptions(
+        model_path=str(args.model_dir),
+        gpu_memory_util=args.gpu_memory_util,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=1,
+        max_num_seqs=max(args.batch_sizes),
+        ngram_size=30,
+        window_size=90,
+        resolution_mode="gundam",
+        attention_backend=args.attention_backend,
+        mm_encoder_attention_backend=args.mm_encoder_attention_backend,
+        ignore_eos=True,
+    )
+    with run.step("model folder"):
         from ocr_service.tiny_model import write_model
 
         if not (args.model_dir / "config.json").exists():
             write_model("deepseek-ocr", args.model_dir, full_size=not args.tiny)
-        options = VllmOptions(
-            model_path=str(args.model_dir),
-            gpu_memory_util=args.gpu_memory_util,
-            max_model_len=args.max_model_len,
-            tensor_parallel_size=1,
-            max_num_seqs=max(args.batch_sizes),
-            ngram_size=30,
-            window_size=90,
-            resolution_mode="gundam",
-            attention_backend=args.attention_backend,
-            mm_encoder_attention_backend=args.mm_encoder_attention_backend,
-            ignore_eos=True,
-        )
-        engine = VllmEngine(options)
-        _, seconds = timed(engine.load)
-        results["load_seconds"] = round(seconds, 1)
-        capacity = engine.capacity()
-        results["capacity"] = {**dataclasses.asdict(capacity), "kv_tokens": capacity.kv_tokens}
-        log.info("loaded in %.1f s: %s", seconds, results["capacity"])
-    if engine is None:
-        return finish(run)
     image = a4_text_page(0)
     if args.tiny:
         image = image.resize((452, 640))  # one view: a CPU dry run stays minutes long
@@ -347,25 +401,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     image.save(buffer, format="PNG")
     upload = buffer.getvalue()
     page = PageRequest.of_image(image, DEFAULT_PROMPT, 0.0, args.new_tokens)
-    try:
-        if "guard" in parts:
-            guard_part(engine, image, run)
-        estimate: dict[int, float] = {}  # seconds one measurement of a batch size takes, once known
+    engine: VllmEngine | None = None
+    if parts & {"guard", "engine"} or ("service" in parts and args.service_mode == "inprocess"):
+        with run.step("engine load"):
+            candidate = VllmEngine(options)
+            _, seconds = timed(candidate.load)
+            engine = candidate
+            results["load_seconds"] = round(seconds, 1)
+            capacity = engine.capacity()
+            results["capacity"] = {**dataclasses.asdict(capacity), "kv_tokens": capacity.kv_tokens}
+            log.info("loaded in %.1f s: %s", seconds, results["capacity"])
+    estimate: dict[int, float] = {}  # seconds one measurement of a batch size takes, once known
+    if engine is not None:
+        try:
+            if "guard" in parts:
+                guard_part(engine, image, run)
+            for batch in args.batch_sizes:
+                if "engine" in parts and run.afford(f"engine batch {batch}", estimate.get(batch)):
+                    with run.step(f"engine batch {batch}"):
+                        row, seconds = timed(lambda: engine_alone(engine, page, batch, args.waves))
+                        results["engine_rows"].append(row)
+                        estimate[batch] = seconds
+                        log.info("engine %s", row)
+                inprocess = "service" in parts and args.service_mode == "inprocess"
+                if inprocess and run.afford(f"service batch {batch}", estimate.get(batch)):
+                    with run.step(f"service batch {batch} (in this process)"):
+                        row = service_inprocess(engine, upload, batch, args)
+                        results["service_rows"].append(row)
+                        log.info("service %s", row)
+        finally:
+            engine.close()
+    if "service" in parts and args.service_mode == "subprocess":
+        wait_gpu_released()
         for batch in args.batch_sizes:
-            if "engine" in parts and run.afford(f"engine batch {batch}", estimate.get(batch)):
-                with run.step(f"engine batch {batch}"):
-                    row, seconds = timed(lambda: engine_alone(engine, page, batch, args.waves))
-                    results["engine_rows"].append(row)
-                    estimate[batch] = seconds
-                    log.info("engine %s", row)
-            if "service" in parts and run.afford(f"service batch {batch}", estimate.get(batch)):
-                with run.step(f"service batch {batch}"):
-                    row = service(engine, upload, batch, args.waves, args.new_tokens, args.model_dir)
+            needed = None if batch not in estimate else estimate[batch] + results.get("load_seconds", 0)
+            if run.afford(f"service batch {batch}", needed):
+                with run.step(f"service batch {batch} (run_service.py)"):
+                    row = service_subprocess(upload, batch, args)
                     results["service_rows"].append(row)
                     log.info("service %s", row)
-    finally:
-        engine.close()
-    if args.guard_off_engine and options is not None and run.afford("engine without the processor", results.get("load_seconds")):
+    if args.guard_off_engine and run.afford("engine without the processor", results.get("load_seconds")):
         with run.step("engine without the n-gram processor"):
             guard_off_engine(options, run)
     finish(run)
