@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     devices: str = Field("", validation_alias=AliasChoices("OCR_DEVICES", "CUDA_VISIBLE_DEVICES"))
     warmup_tokens: int = Field(32, ge=0)  # tokens a page of the warm-up batch generates (0 = no warm-up)
     ignore_eos: bool = False  # benchmarks: every page generates exactly its max_tokens (GPU engines)
+    # vLLM's attention backends by name, e.g. TRITON_ATTN and TORCH_SDPA where FlashAttention 3 fails; empty = vLLM's choice
+    vllm_attention_backend: str = ""
+    vllm_mm_encoder_attention_backend: str = ""
 
     # Batching and admission
     batch_size: int = Field(8, ge=1, le=1024)

@@ -84,6 +84,8 @@ class PageOutput:
     # pixels; DeepSeek models put them in `text` as grounding tags instead.
     blocks: tuple[Block, ...] | None = None
     output_tokens: int | None = None
+    # Context the page's prompt took, image tokens included (vLLM reports it; the probe reads it).
+    prompt_tokens: int | None = None
     # The size of the image the engine read: boxes are in its pixels.
     width: int = 0
     height: int = 0

@@ -48,6 +48,9 @@ def _vllm(settings: Settings) -> Engine:
             ngram_size=settings.ngram_size,
             window_size=settings.window_size,
             resolution_mode=settings.resolution_mode,
+            attention_backend=settings.vllm_attention_backend,
+            mm_encoder_attention_backend=settings.vllm_mm_encoder_attention_backend,
+            ignore_eos=settings.ignore_eos,
         )
     )
 

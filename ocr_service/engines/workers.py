@@ -426,6 +426,10 @@ def _exit_text(code: int) -> str:
 
 def _worker_main(factory: Callable[[], Engine], device: str, conn: Connection) -> None:
     """A worker's whole life: pin the device, build, load and serve the engine."""
+    # The service starts workers as daemons (they die with it), and a daemon may not start
+    # processes; vLLM starts its engine core as one. The service still kills this worker at
+    # exit: the flag is only read here, and vLLM's own processes are daemons of this one.
+    multiprocessing.current_process().daemon = False
     if device:
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # before anything imports torch
     try:

@@ -18,7 +18,7 @@ This is a command-line tool, not part of the service: it drives the engine from 
 own event loop, one batch at a time, and reads no environment itself.
 """
 
-from ocr_service.engines.sample_page import render_test_page
+from ocr_service.engines.sample_page import render_tall_page, render_test_page
 from ocr_service.probe.curve import (
     Recommendation,
     Trial,
@@ -54,6 +54,7 @@ __all__ = [
     "headroom_limit",
     "queue_size_for",
     "recommend",
+    "render_tall_page",
     "render_test_page",
     "run_probe",
     "search",

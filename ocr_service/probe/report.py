@@ -54,12 +54,13 @@ def format_report(result: ProbeResult) -> str:
     lines += [bar, "RECOMMENDATIONS", bar]
     rec = result.recommendation
     if rec is None:
-        lines.append("No batch size fits.")
+        lines += [*result.notes, "No batch size fits."]
         return "\n".join(lines)
     lines += [
         f"For {result.device}:",
         f"  Maximum safe batch size: {result.maximum}"
         + (" (the --max-batch cap; larger batches were not tried)" if result.capped else ""),
+        *(f"    {note}" for note in result.notes),
         f"  Recommended batch size: {rec.batch_size}",
         f"    ({rec.reason})",
         "",
