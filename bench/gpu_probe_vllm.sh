@@ -7,7 +7,8 @@
 #   bash bench/gpu_probe_vllm.sh OUT_DIR 0.5:confirm        # and confirmed: that many worst-case pages at once
 #
 # Knobs (environment): MODEL_DIR (/tmp/dsocr), MAX_MODEL_LEN (8192), MAX_BATCH (256), SWEEP_TOKENS (256 output
-# tokens a sweep page), WAVES (2), RUN_S (270: each run is cut off after this many seconds).
+# tokens a sweep page), WAVES (2), RUN_S (270: each run is cut off after this many seconds), and any OCR_ setting,
+# such as OCR_VLLM_ENGINE_ARGS or OCR_VLLM_ATTENTION_BACKEND (TRITON_ATTN unless set).
 set -uo pipefail
 out=${1:?usage: gpu_probe_vllm.sh OUT_DIR UTIL[:confirm] ...}
 shift
@@ -25,7 +26,7 @@ for spec in "$@"; do
     [ "$spec" = "$util:confirm" ] && confirm=--confirm
     echo "== probe at OCR_GPU_MEMORY_UTIL=$util ($confirm)"
     OCR_ENGINE=vllm OCR_MODEL_PATH="$model" OCR_GPU_MEMORY_UTIL="$util" OCR_MAX_MODEL_LEN="${MAX_MODEL_LEN:-8192}" \
-    OCR_VLLM_ATTENTION_BACKEND=TRITON_ATTN OCR_VLLM_MM_ENCODER_ATTENTION_BACKEND=TORCH_SDPA PYTHONUNBUFFERED=1 \
+    OCR_VLLM_ATTENTION_BACKEND="${OCR_VLLM_ATTENTION_BACKEND:-TRITON_ATTN}" OCR_VLLM_MM_ENCODER_ATTENTION_BACKEND=TORCH_SDPA PYTHONUNBUFFERED=1 \
         timeout --kill-after=20 "${RUN_S:-270}" python3 test_batch_size.py --max-batch "${MAX_BATCH:-256}" \
         --max-tokens "${SWEEP_TOKENS:-256}" --waves "${WAVES:-2}" "$confirm" --write-env "$out/probe-$util.env" \
         > "$out/probe-$util.log" 2>&1

@@ -79,7 +79,9 @@ async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: in
     page = render_test_page()
 
     def requests(number: int) -> list[PageRequest]:
-        return [PageRequest(ImagePage(page), DEFAULT_PROMPT, 0.0, new_tokens, key=f"{number}/{i}") for i in range(batch)]
+        return [
+            PageRequest(ImagePage(page), DEFAULT_PROMPT, 0.0, new_tokens, key=f"{number}/{i}") for i in range(batch)
+        ]
 
     seconds: list[float] = []
     tokens = 0
@@ -134,7 +136,11 @@ class Service:
         )
         self.log = log.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_service.py")], env=env, cwd=tempfile.mkdtemp(), stdout=self.log, stderr=self.log
+            [sys.executable, str(ROOT / "run_service.py")],
+            env=env,
+            cwd=tempfile.mkdtemp(),
+            stdout=self.log,
+            stderr=self.log,
         )
 
     def wait_ready(self, timeout: float = 900) -> float:
@@ -168,7 +174,10 @@ async def post(http: httpx.AsyncClient, upload: bytes) -> str:
 async def wait(http: httpx.AsyncClient, task_id: str, poll_every: float) -> float:
     while True:
         params = {"wait": 60} if poll_every == 0 else None
-        body = (await http.get(f"/ocr/{task_id}", params=params)).json()
+        try:
+            body = (await http.get(f"/ocr/{task_id}", params=params)).json()
+        except httpx.TransportError:  # a kept-alive connection the server closed as it was reused: ask again
+            continue
         if body["status"] in ("completed", "failed", "cancelled"):
             if body["status"] != "completed":
                 raise RuntimeError(f"task {task_id} {body['status']}: {body.get('error')}")
@@ -188,7 +197,9 @@ def steady(finishes: list[float], batch: int) -> dict[str, Any]:
 async def closed_loop(url: str, upload: bytes, clients: int, batches: int, poll_every: float) -> dict[str, Any]:
     finishes: list[float] = []
     target = clients * (batches + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients * 2)) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients * 2, keepalive_expiry=2)
+    ) as http:
 
         async def client() -> None:
             while len(finishes) < target:
@@ -199,7 +210,9 @@ async def closed_loop(url: str, upload: bytes, clients: int, batches: int, poll_
 
 
 async def burst(url: str, upload: bytes, pages: int, batch: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=pages + 4)) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=600, limits=httpx.Limits(max_connections=pages + 4, keepalive_expiry=2)
+    ) as http:
         ids = await asyncio.gather(*(post(http, upload) for _ in range(pages)))
         finishes = await asyncio.gather(*(wait(http, task_id, 0) for task_id in ids))
     return steady(list(finishes), batch)
@@ -221,12 +234,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="measured batches per figure (the first is extra)")
     parser.add_argument("--gpus", type=int, default=1, help="2: also a service with a worker on each of two GPUs")
     parser.add_argument("--tiny", action="store_true", help="the tiny model (a CPU dry run of this script)")
+    parser.add_argument(
+        "--parts",
+        default="engine,service1,service2",
+        help="engine, service1, service2 (service2 needs --gpus 2); figures already in --out are kept, so the parts "
+        "can run in separate calls on one machine",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     import torch
     import transformers
 
+    earlier: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {
+        **earlier,
         "what": "DeepSeek-OCR-2 published dimensions, random weights, transformers engine, gundam mode, A4 page",
         "batch": args.batch,
         "new_tokens": args.new_tokens,
@@ -235,7 +257,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "errors": [],
+        "errors": earlier.get("errors", []),
     }
 
     def save() -> None:
@@ -257,8 +279,9 @@ def main() -> None:
     upload = buffer.getvalue()
     log = args.out.with_suffix(".service.log")
 
-    attempt("engine_alone", lambda: asyncio.run(engine_alone(model_dir, args.batch, args.batches, args.new_tokens)))
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if "engine" in parts:
+        attempt("engine_alone", lambda: asyncio.run(engine_alone(model_dir, args.batch, args.batches, args.new_tokens)))
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     def on_service(devices: str, measure: Callable[[str], Any]) -> Any:
         service = Service(model_dir, args.batch, args.new_tokens, devices, log)
@@ -276,16 +299,22 @@ def main() -> None:
             "burst": asyncio.run(burst(url, upload, args.batch * (args.batches + 1), args.batch)),
         }
 
-    attempt("service_1gpu", lambda: on_service("0", one_gpu))
-    if args.gpus >= 2:
+    if "service1" in parts:
+        attempt("service_1gpu", lambda: on_service("0", one_gpu))
+    if args.gpus >= 2 and "service2" in parts:
         pages = 2 * args.batch * (args.batches + 1)
-        attempt("service_2gpu", lambda: on_service("0,1", lambda url: {"burst": asyncio.run(burst(url, upload, pages, 2 * args.batch))}))
+        attempt(
+            "service_2gpu",
+            lambda: on_service("0,1", lambda url: {"burst": asyncio.run(burst(url, upload, pages, 2 * args.batch))}),
+        )
 
     engine = results.get("engine_alone", {}).get("batch_s", {}).get("median")
     service = results.get("service_1gpu", {})
     if engine and service:
         results["ratios"] = {
-            name: round(engine / service[name]["batch_s"], 3) for name in ("long_poll", "poll_50ms", "burst") if name in service
+            name: round(engine / service[name]["batch_s"], 3)
+            for name in ("long_poll", "poll_50ms", "burst")
+            if name in service
         }
         results["first_batch_vs_steady"] = round(service["first_batch_s"] / engine, 3)
     two = results.get("service_2gpu", {}).get("burst", {}).get("batch_s")
@@ -293,7 +322,11 @@ def main() -> None:
         # the 2-GPU run's batch_s is per pair of batches (one on each GPU): 2 batches in that time
         results["two_gpu_scaling"] = round(2 * service["burst"]["batch_s"] / two, 3)
     save()
-    print(json.dumps({k: results.get(k) for k in ("ratios", "first_batch_vs_steady", "two_gpu_scaling", "errors")}, indent=1))
+    print(
+        json.dumps(
+            {k: results.get(k) for k in ("ratios", "first_batch_vs_steady", "two_gpu_scaling", "errors")}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

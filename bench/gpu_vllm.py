@@ -79,6 +79,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--max-model-len", type=int, default=8192)
     add("--attention-backend", default="", help="vLLM's attention backend, e.g. TRITON_ATTN (empty: vLLM's choice)")
     add("--mm-encoder-attention-backend", default="", help="the vision encoder's, e.g. TORCH_SDPA")
+    add(
+        "--engine-args",
+        type=json.loads,
+        default={},
+        help="more vLLM engine arguments, JSON: '{\"enforce_eager\": true}'",
+    )
     add("--guard-off-engine", action="store_true", help="last: start an engine without the n-gram processor")
     add("--service-mode", choices=["subprocess", "inprocess"], default="subprocess", help="see the module's doc")
     return parser.parse_args(argv)
@@ -264,6 +270,7 @@ def service_subprocess(upload: bytes, batch: int, args: argparse.Namespace) -> d
         "max_model_len": args.max_model_len,
         "vllm_attention_backend": args.attention_backend,
         "vllm_mm_encoder_attention_backend": args.mm_encoder_attention_backend,
+        "vllm_engine_args": json.dumps(args.engine_args),
         "max_queue_size": max(100, 4 * batch),
         "shutdown_grace": 5,
     }
@@ -331,7 +338,10 @@ def guard_off_engine(options: VllmOptions, run: Run) -> None:
     else:
         refused = {"refused": False, "check": engine.guard_check.as_dict() if engine.guard_check else None}
         engine.close()
-    run.results["guard"]["engine_without_processor"] = {**refused, "seconds": round(time.perf_counter() - started, 1)}
+    run.results.setdefault("guard", {})["engine_without_processor"] = {
+        **refused,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -387,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolution_mode="gundam",
         attention_backend=args.attention_backend,
         mm_encoder_attention_backend=args.mm_encoder_attention_backend,
+        engine_args=args.engine_args,
         ignore_eos=True,
     )
     with run.step("model folder"):
@@ -450,7 +461,10 @@ def finish(run: Run) -> None:
     results = run.results
     results["total_seconds"] = round(time.monotonic() - run.started, 1)
     run.save()
-    lines = ["", f"{'batch':>5} {'engine pages/s':>15} {'tokens/s':>9} {'service pages/s':>16} {'tokens/s':>9} {'ratio':>6}"]
+    lines = [
+        "",
+        f"{'batch':>5} {'engine pages/s':>15} {'tokens/s':>9} {'service pages/s':>16} {'tokens/s':>9} {'ratio':>6}",
+    ]
     for row in results.get("engine_rows", []):
         other = next((r for r in results.get("service_rows", []) if r["batch"] == row["batch"]), None)
         ratio = f"{other['pages_per_s'] / row['pages_per_s']:.3f}" if other and row["pages_per_s"] else "-"
@@ -467,7 +481,9 @@ def finish(run: Run) -> None:
             )
     if "engine_without_processor" in guard:
         lines.append(f"engine without the processor: refused={guard['engine_without_processor']['refused']}")
-    lines.append(f"errors: {len(results['errors'])}, skipped: {len(results['skipped'])}, total {results['total_seconds']} s")
+    lines.append(
+        f"errors: {len(results['errors'])}, skipped: {len(results['skipped'])}, total {results['total_seconds']} s"
+    )
     text = "\n".join(lines)
     (run.out / "gpu_vllm_table.txt").write_text(text + "\n")
     print(text, flush=True)

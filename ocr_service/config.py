@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import Any, Literal
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # vLLM's attention backends by name, e.g. TRITON_ATTN and TORCH_SDPA where FlashAttention 3 fails; empty = vLLM's choice
     vllm_attention_backend: str = ""
     vllm_mm_encoder_attention_backend: str = ""
+    # Any other vLLM engine arguments as a JSON object, applied last, e.g. {"attention_config": {"flash_attn_version": 2}}
+    vllm_engine_args: dict[str, Any] = Field(default_factory=dict)
 
     # Batching and admission
     batch_size: int = Field(8, ge=1, le=1024)

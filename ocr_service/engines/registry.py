@@ -50,6 +50,7 @@ def _vllm(settings: Settings) -> Engine:
             resolution_mode=settings.resolution_mode,
             attention_backend=settings.vllm_attention_backend,
             mm_encoder_attention_backend=settings.vllm_mm_encoder_attention_backend,
+            engine_args=settings.vllm_engine_args,
             ignore_eos=settings.ignore_eos,
         )
     )

@@ -29,7 +29,7 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -88,6 +88,8 @@ class VllmOptions:
     # vLLM's attention backends by name ("TRITON_ATTN", "TORCH_SDPA", ...); "" = vLLM's choice.
     attention_backend: str = ""
     mm_encoder_attention_backend: str = ""
+    # Any other vLLM engine arguments, applied last (e.g. {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}).
+    engine_args: dict[str, Any] = field(default_factory=dict)
     # Benchmarks and the probe: every page generates exactly max_tokens (EOS ignored).
     ignore_eos: bool = False
     # Tests only: False leaves the n-gram processor out, which the start-up canary must catch.
@@ -166,6 +168,7 @@ def engine_arguments(options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
         arguments["skip_mm_profiling"] = True
     if uses_random_weights(options.model_path):
         arguments["load_format"] = "dummy"
+    arguments.update(options.engine_args)
     return arguments
 
 
@@ -270,9 +273,7 @@ class VllmEngine:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.platforms import current_platform
         except ImportError as exc:
-            raise RuntimeError(
-                f"OCR_ENGINE=vllm needs vLLM ({exc}); install requirements_models.txt"
-            ) from exc
+            raise RuntimeError(f"OCR_ENGINE=vllm needs vLLM ({exc}); install requirements_models.txt") from exc
         arguments, unknown = known_arguments(
             engine_arguments(self.options, on_cpu=current_platform.is_cpu()),
             (field.name for field in dataclasses.fields(AsyncEngineArgs)),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from ocr_service.config import Settings
 from ocr_service.deepseek import BOS, EOS, RANDOM_WEIGHTS_MARKER, banned_ngram_tokens, repeated_ngrams, with_image_tag
@@ -212,6 +213,18 @@ def test_vllm_attention_backends_come_from_settings_and_are_left_out_when_empty(
     arguments = vllm_engine.engine_arguments(options, on_cpu=False)
     assert arguments["attention_backend"] == "TRITON_ATTN"
     assert arguments["mm_encoder_attn_backend"] == "TORCH_SDPA"
+
+
+def test_vllm_engine_args_setting_is_a_json_object_applied_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCR_VLLM_ENGINE_ARGS", '{"attention_config": {"flash_attn_version": 2}, "max_model_len": 3000}')
+    arguments = vllm_engine.engine_arguments(vllm_options(model_path=str(tmp_path)), on_cpu=False)
+    assert arguments["attention_config"] == {"flash_attn_version": 2}
+    assert arguments["max_model_len"] == 3000  # over the setting of the same name: the user's JSON wins
+    monkeypatch.setenv("OCR_VLLM_ENGINE_ARGS", "[1, 2]")
+    with pytest.raises(ValidationError, match="vllm_engine_args"):
+        settings()
 
 
 def test_vllm_drops_engine_arguments_its_version_lacks() -> None:
