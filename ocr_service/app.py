@@ -35,7 +35,7 @@ from ocr_service.core.supervisor import Supervisor
 from ocr_service.documents import DocumentLimits
 from ocr_service.documents.fetch import FetchPolicy, UrlFetcher
 from ocr_service.engines.base import Engine
-from ocr_service.engines.registry import build_engine
+from ocr_service.engines.registry import batcher_page_cap, build_engine
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             queue,
             the_engine,
             ledger,
-            batch_size=settings.batch_size,
+            batch_size=batcher_page_cap(settings),
             timeout=settings.batch_timeout,
             policy=settings.batch_policy,
             observer=state.metrics,
@@ -68,7 +68,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         supervisor.start()
         state.services = services
         cleanup = asyncio.create_task(ledger.run_cleanup(settings.cleanup_interval), name="task-cleanup")
-        logger.info("serving with engine %s, batch size %d, policy %s", the_engine.name, settings.batch_size, settings.batch_policy)
+        logger.info("serving with engine %s, batch size %d, policy %s", the_engine.name, batcher.cap.limit, settings.batch_policy)
         try:
             yield
         finally:

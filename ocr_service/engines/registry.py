@@ -13,6 +13,7 @@ from ocr_service.config import EngineName, Settings
 from ocr_service.engines.base import Engine
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.engines.rapidocr import RapidOcrEngine
+from ocr_service.engines.remote import RemoteEngine, RemoteOptions
 from ocr_service.engines.transformers import TransformersEngine, TransformersOptions
 from ocr_service.engines.vllm import VllmEngine, VllmOptions
 
@@ -56,14 +57,38 @@ def _transformers(settings: Settings) -> Engine:
     )
 
 
+def _remote(settings: Settings) -> Engine:
+    return RemoteEngine(
+        RemoteOptions(
+            urls=settings.remote_url_list,
+            max_pages_per_replica=settings.batch_size,
+            page_timeout=settings.remote_timeout,
+            startup_timeout=settings.remote_startup_timeout,
+            ngram_size=settings.ngram_size,
+            window_size=settings.window_size,
+            model=settings.remote_model or None,
+            api_key=settings.remote_api_key.get_secret_value() or None,
+        )
+    )
+
+
 ENGINES: dict[EngineName, Callable[[Settings], Engine]] = {
     "fake": _fake,
     "rapidocr": _rapidocr,
     "vllm": _vllm,
     "transformers": _transformers,
+    "remote": _remote,
 }
 
 
 def build_engine(settings: Settings) -> Engine:
     """Create (not load) the engine that `settings.engine` names."""
     return ENGINES[settings.engine](settings)
+
+
+def batcher_page_cap(settings: Settings) -> int:
+    """The batcher's cap on pages in the engine: OCR_BATCH_SIZE, once per replica for `remote`
+    (each replica holds OCR_BATCH_SIZE pages; the engine spreads them)."""
+    if settings.engine == "remote":
+        return settings.batch_size * len(settings.remote_url_list)
+    return settings.batch_size
