@@ -117,7 +117,9 @@ class _Replica:
 
 
 @dataclass(frozen=True)
-class _EncodedPage:
+class EncodedPage:
+    """A page ready to send: its image as a `data:` URI, and its size in pixels."""
+
     data_uri: str
     width: int
     height: int
@@ -147,14 +149,7 @@ class RemoteEngine:
         """Wait (up to `startup_timeout`) until a replica is healthy; log every replica's state."""
         asyncio.run(self._first_check())
         for replica in self._replicas:
-            if replica.up:
-                logger.info(
-                    "replica %s is up: model %s, <td>/</td> ids %s",
-                    replica.url,
-                    replica.model,
-                    replica.table_cell_ids,
-                )
-            else:
+            if not replica.up:
                 logger.warning("replica %s is down for now: %s", replica.url, replica.last_error)
 
     async def _first_check(self) -> None:
@@ -249,7 +244,7 @@ class RemoteEngine:
             self._notify()
             return
         if not replica.up:
-            logger.info("replica %s is up", replica.url)
+            logger.info("replica %s is up: model %s, <td>/</td> ids %s", replica.url, replica.model, replica.table_cell_ids)
             replica.up = True
             self._notify()
 
@@ -286,7 +281,7 @@ class RemoteEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_page(self, index: int, request: PageRequest) -> tuple[int, PageOutcome]:
-        page = await asyncio.to_thread(_encode, request)
+        page = await asyncio.to_thread(encode_page, request)
         if isinstance(page, Exception):
             return index, page
         tried: list[_Replica] = []
@@ -353,7 +348,7 @@ class RemoteEngine:
             return None
         return min(candidates, key=lambda replica: (replica.in_flight, replica.last_pick))
 
-    async def _send(self, replica: _Replica, request: PageRequest, page: _EncodedPage) -> PageOutput:
+    async def _send(self, replica: _Replica, request: PageRequest, page: EncodedPage) -> PageOutput:
         assert replica.client is not None and replica.model is not None and replica.table_cell_ids is not None
         body = await asyncio.to_thread(
             json.dumps,
@@ -427,7 +422,7 @@ def completion_output(response: httpx.Response) -> PageOutput:
     return page_output(text, choice.get("finish_reason"), tokens)
 
 
-def _encode(request: PageRequest) -> _EncodedPage | Exception:
+def encode_page(request: PageRequest) -> EncodedPage | Exception:
     """Decode the page and encode it as a PNG `data:` URI (blocking; run off the loop).
 
     PNG, not JPEG: lossless, so the replica's model reads the same pixels as the
@@ -440,7 +435,7 @@ def _encode(request: PageRequest) -> _EncodedPage | Exception:
     buffer = io.BytesIO()
     page.image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return _EncodedPage(f"data:image/png;base64,{data}", page.image.width, page.image.height)
+    return EncodedPage(f"data:image/png;base64,{data}", page.image.width, page.image.height)
 
 
 async def _served_model(client: httpx.AsyncClient) -> str:
