@@ -68,7 +68,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         supervisor.start()
         state.services = services
         cleanup = asyncio.create_task(ledger.run_cleanup(settings.cleanup_interval), name="task-cleanup")
-        logger.info("serving with engine %s, batch size %d, policy %s", the_engine.name, batcher.cap.limit, settings.batch_policy)
+        logger.info("serving with engine %s, batch size %d, policy %s", the_engine.name, settings.batch_size, settings.batch_policy)
         try:
             yield
         finally:

@@ -222,9 +222,10 @@ class RemoteEngine:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.options.health_interval)
-            await asyncio.gather(
-                *(self._check(replica, replica.client) for replica in self._replicas if replica.client is not None)
-            )
+            checks = [self._check(replica, replica.client) for replica in self._replicas if replica.client is not None]
+            for outcome in await asyncio.gather(*checks, return_exceptions=True):
+                if isinstance(outcome, Exception):  # a bug must not stop the checks for good
+                    logger.error("replica health check failed: %r", outcome)
 
     async def _check(self, replica: _Replica, client: httpx.AsyncClient) -> None:
         """One health check; a replica seen for the first time also tells its model and ids."""
@@ -367,7 +368,7 @@ class RemoteEngine:
             response = await replica.client.post(
                 "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
             )
-        except httpx.TransportError as exc:  # refused, reset, timed out
+        except httpx.RequestError as exc:  # refused, reset, timed out, a garbled answer
             raise ReplicaFailed(_describe(exc)) from exc
         if response.status_code >= 500:
             raise ReplicaFailed(f"HTTP {response.status_code}: {_error_message(response)}")
