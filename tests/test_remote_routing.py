@@ -53,6 +53,8 @@ class Replica:
     chat_status: int = 200
     chat_error: str = "boom"
     drop_connection: bool = False
+    drop_first: int = 0  # chat requests to drop before answering (a replica restarting)
+    dropped: int = 0
     tokenize_status: int = 200
     table_cell_ids: tuple[int, int] = (265, 266)
     finish_reason: str = "stop"
@@ -102,7 +104,8 @@ def serving(replica: Replica) -> Iterator[Replica]:
                 token_id = replica.table_cell_ids[0 if body["prompt"] == "<td>" else 1]
                 self._answer(200, {"count": 1, "max_model_len": 2048, "tokens": [token_id]})
             elif self.path == "/v1/chat/completions":
-                if replica.drop_connection:
+                if replica.drop_connection or replica.dropped < replica.drop_first:
+                    replica.dropped += 1
                     self.close_connection = True  # a killed server: the socket closes, no answer
                     return
                 self._answer(*replica.chat(body, dict(self.headers)))
@@ -305,6 +308,16 @@ async def test_with_every_replica_down_a_page_waits_then_fails() -> None:
     assert isinstance(outcome, Exception)
     assert "no replica up for 0.5 s" in str(outcome) and a.url in str(outcome)
     assert time.monotonic() - started >= 0.5
+
+
+async def test_a_lone_replica_gets_the_retry_once_it_is_healthy_again() -> None:
+    with replicas(Replica("only", drop_first=1)) as (only,):
+        async with loaded(options(only.url, health_interval=0.1)) as engine:
+            [outcome] = await run_all(engine, pages(1))
+            [state] = engine.replica_states()
+    assert isinstance(outcome, PageOutput) and outcome.text == "read by only"
+    assert (only.dropped, len(only.requests)) == (1, 1)
+    assert (state.state, state.errors, state.pages_done) == ("up", 1, 1)
 
 
 async def test_a_down_replica_comes_back_when_its_health_check_passes() -> None:
