@@ -352,7 +352,7 @@ class RemoteEngine:
     async def _send(self, replica: _Replica, request: PageRequest, page: EncodedPage) -> PageOutput:
         assert replica.client is not None and replica.model is not None and replica.table_cell_ids is not None
         body = await asyncio.to_thread(
-            json.dumps,
+            _json_bytes,
             chat_request(
                 model=replica.model,
                 prompt=request.prompt,
@@ -421,6 +421,11 @@ def completion_output(response: httpx.Response) -> PageOutput:
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise PageRefused(f"vLLM answered without a completion: {response.text[:300]!r}") from exc
     return page_output(text, choice.get("finish_reason"), tokens)
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """The request body as bytes (run off the loop: a page's image makes it megabytes)."""
+    return json.dumps(body).encode()
 
 
 def encode_page(request: PageRequest) -> EncodedPage | Exception:
