@@ -2,8 +2,9 @@
 """OCR_ENGINE=remote: the service over two `vllm serve` replicas, against the replicas driven directly.
 
 Starts two replicas of a tiny random-weight DeepSeek-OCR (one CPU core each, as in
-tests/models/test_remote_engine.py) and measures, on the same pages, in closed-loop
-rounds (a round sends its pages at once and ends when the last one is answered):
+tests/models/test_remote_engine.py), or uses two running ones (`--urls`, e.g. one per
+GPU), and measures, on the same pages, in closed-loop rounds (a round sends its pages
+at once and ends when the last one is answered):
 
   alone-0, alone-1  each replica driven alone at its cap (`--per-replica` requests at once,
                     straight to its /v1/chat/completions, the other replica idle);
@@ -17,6 +18,8 @@ alike. Pages/s per phase is the median over the rounds; the headline is
 service / (alone-0 + alone-1). Needs the models virtualenv (bash .ci/models.sh):
 
     .venv-models/bin/python bench/bench_remote.py --out bench/results/cpu_remote.json
+    python bench/bench_remote.py --urls http://127.0.0.1:8001,http://127.0.0.1:8002 \
+        --per-replica 64 --page-size 1240x1754 --max-tokens 2048      # replicas on two GPUs
 
 A CPU figure: the tiny model keeps the full-size vision towers, so a page costs seconds
 of encoder time on one core, and `--max-tokens` is kept small.
@@ -61,20 +64,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--per-replica", type=int, default=4, help="each replica's cap: OCR_BATCH_SIZE and its --max-num-seqs")
     add("--rounds", type=int, default=4, help="measured cycles, after one warm-up cycle")
     add("--max-tokens", type=int, default=8, help="max output tokens per page")
+    add("--page-size", default="452x640", help="WxH of the rendered text pages (A4 at 150 dpi: 1240x1754)")
+    add("--urls", default="", help="two running `vllm serve` base URLs, comma-separated; default: start two tiny "
+        "CPU replicas here (needs the models virtualenv)")
     add("--out", type=Path, default=None, help="also write the JSON result here")
     return parser.parse_args(argv)
 
 
-def page_images(count: int) -> list[Image.Image]:
-    """Half-A4 text pages at most 640 px a side: one 1024 px global view each, no tiles."""
-    return [a4_text_page(seed, size=(452, 640)) for seed in range(count)]
+def page_images(count: int, size: str) -> list[Image.Image]:
+    """Text pages; at most 640 px a side (the default) a page is one 1024 px view, no tiles."""
+    width, height = (int(side) for side in size.split("x"))
+    return [a4_text_page(seed, size=(width, height)) for seed in range(count)]
 
 
 class DirectDriver:
     """Chat completions straight to one replica, built the way the remote engine builds them."""
 
-    def __init__(self, replica: VllmReplica, pages: Sequence[EncodedPage], max_tokens: int) -> None:
-        self.url = replica.url
+    def __init__(self, url: str, pages: Sequence[EncodedPage], max_tokens: int) -> None:
+        self.url = url
         model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
         ids = [
             httpx.post(f"{self.url}/tokenize", json={"prompt": token, "add_special_tokens": False}, timeout=10).json()["tokens"][0]
@@ -109,16 +116,16 @@ async def service_round(http: harness.LoopbackClient, uploads: Sequence[bytes]) 
     return elapsed
 
 
-async def measure(args: argparse.Namespace, replicas: Sequence[VllmReplica]) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, urls: Sequence[str]) -> dict[str, Any]:
     cap = args.per_replica
-    images = page_images(2 * cap)
+    images = page_images(2 * cap, args.page_size)
     encoded = [encode_page(PageRequest.of_image(image, PROMPT)) for image in images]
     pages = [page for page in encoded if isinstance(page, EncodedPage)]
-    drivers = [DirectDriver(replica, pages[i * cap:(i + 1) * cap], args.max_tokens) for i, replica in enumerate(replicas)]
+    drivers = [DirectDriver(url, pages[i * cap:(i + 1) * cap], args.max_tokens) for i, url in enumerate(urls)]
     uploads = [harness.multipart(encode_png(image)) for image in images]
     settings = {
         "engine": "remote",
-        "remote_urls": ",".join(replica.url for replica in replicas),
+        "remote_urls": ",".join(urls),
         "batch_size": cap,
         "default_max_tokens": args.max_tokens,
         "default_prompt": PROMPT,
@@ -154,24 +161,26 @@ async def measure(args: argparse.Namespace, replicas: Sequence[VllmReplica]) -> 
 
 
 def machine() -> dict[str, Any]:
-    import vllm
+    try:
+        import vllm
 
+        version = vllm.__version__
+    except ImportError:  # --urls: the replicas run elsewhere
+        version = None
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
-        "vllm": vllm.__version__,
+        "vllm_here": version,
         "load_average_at_start": os.getloadavg(),
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def tiny_replicas_measured(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
+    """Start two tiny CPU replicas, measure, stop them."""
     if available_memory_gib() < 12:
         sys.exit(f"two replicas need ~12 GiB free; {available_memory_gib():.1f} GiB is")
-    info = machine()
-    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as work:
         model = tiny_model("deepseek-ocr", Path(work) / "tiny-ocr")
         cores = os.cpu_count() or 1
@@ -185,10 +194,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             for replica in replicas:
                 replica.wait_healthy()
             info["replica_rss_gib"] = [round(replica.rss_gib(), 2) for replica in replicas]
-            result = asyncio.run(measure(args, replicas))
+            return asyncio.run(measure(args, [replica.url for replica in replicas]))
         finally:
             for replica in replicas:
                 replica.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    info = machine()
+    started = datetime.now(UTC)
+    urls = [url.strip().rstrip("/") for url in args.urls.split(",") if url.strip()]
+    if urls and len(urls) != 2:
+        sys.exit("--urls takes two replica URLs")
+    result = asyncio.run(measure(args, urls)) if urls else tiny_replicas_measured(args, info)
     info["load_average_at_end"] = os.getloadavg()
     report = {
         "benchmark": "remote",
@@ -196,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "started": started.isoformat(timespec="seconds"),
         "machine": info,
         "settings": {"per_replica": args.per_replica, "rounds": args.rounds, "max_tokens": args.max_tokens,
-                     "page": "452x640 text page (one 1024 px view)", "replica_threads": 1},
+                     "page": f"{args.page_size} text page", "replicas": urls or "two tiny CPU replicas, 1 thread each"},
         **result,
     }
     print(json.dumps(report))

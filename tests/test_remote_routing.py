@@ -55,6 +55,7 @@ class Replica:
     drop_connection: bool = False
     drop_first: int = 0  # chat requests to drop before answering (a replica restarting)
     dropped: int = 0
+    health_drops: int = 0  # health checks to drop (a connection closed as it was reused)
     tokenize_status: int = 200
     table_cell_ids: tuple[int, int] = (265, 266)
     finish_reason: str = "stop"
@@ -88,7 +89,10 @@ class Replica:
 def serving(replica: Replica) -> Iterator[Replica]:
     class Handler(_QuietHandler):
         def do_GET(self) -> None:
-            if self.path == "/health":
+            if self.path == "/health" and replica.health_drops > 0:
+                replica.health_drops -= 1
+                self.close_connection = True
+            elif self.path == "/health":
                 self._answer(replica.health, {})
             elif self.path == "/v1/models":
                 self._answer(200, {"object": "list", "data": [{"id": f"model-{replica.name}"}]})
@@ -334,6 +338,22 @@ async def test_a_down_replica_comes_back_when_its_health_check_passes() -> None:
             await run_all(engine, pages(4))
     assert (len(a.requests), len(b.requests)) == (2, 4)
     assert a.requests[0]["model"] == "model-a"  # learnt when it came up
+
+
+async def test_one_failed_health_check_is_asked_again_before_the_replica_counts_as_down() -> None:
+    with replicas(Replica("a")) as (a,):
+        async with loaded(options(a.url, health_interval=0.05)) as engine:
+            await run_all(engine, pages(1))  # starts the health checks
+            a.health_drops = 1
+            await asyncio.sleep(0.5)
+            assert a.health_drops == 0
+            assert engine.replica_states()[0].last_error is None  # never marked down
+            a.health_drops = 2
+            deadline = time.monotonic() + 5
+            while engine.replica_states()[0].last_error is None:
+                assert time.monotonic() < deadline, "two failed checks in a row did not mark it down"
+                await asyncio.sleep(0.02)
+            assert "RemoteProtocolError" in str(engine.replica_states()[0].last_error)
 
 
 async def test_load_gives_up_naming_every_replica() -> None:

@@ -49,6 +49,11 @@ MAX_ATTEMPTS = 2  # a page goes to at most two replicas
 PUBLISHED_TABLE_CELL_IDS = (128821, 128822)
 CONNECT_TIMEOUT = 10.0
 HEALTH_TIMEOUT = 10.0  # a replica busy on a CPU may take a moment to answer
+# vLLM's server closes a connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE); httpx keeps
+# idle ones 5 s too, so a request could go out on a connection as the server closed it (a
+# ReadError that marked a healthy replica down, seen with health checks every 5 s). Idle
+# connections are dropped well before the server's limit instead.
+KEEPALIVE_EXPIRY = 2.0
 PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 is ~30 ms for an A4 page, level 6 ~40 ms
 
 
@@ -214,7 +219,7 @@ class RemoteEngine:
             base_url=url,
             headers=headers,
             timeout=httpx.Timeout(self.options.page_timeout, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots, keepalive_expiry=KEEPALIVE_EXPIRY),
         )
 
     # -- health ----------------------------------------------------------------
@@ -228,7 +233,23 @@ class RemoteEngine:
                     logger.error("replica health check failed: %r", outcome)
 
     async def _check(self, replica: _Replica, client: httpx.AsyncClient) -> None:
-        """One health check; a replica seen for the first time also tells its model and ids."""
+        """One health check; an up replica that fails it is asked once more before it counts as down."""
+        error = await self._probe(replica, client)
+        if error is not None and replica.up:
+            error = await self._probe(replica, client)  # a blip, or a connection closed as it was reused
+        if error is not None:
+            if replica.up:
+                logger.warning("replica %s is down: %s", replica.url, error)
+            replica.up = False
+            replica.last_error = error
+            self._notify()
+        elif not replica.up:
+            logger.info("replica %s is up: model %s, <td>/</td> ids %s", replica.url, replica.model, replica.table_cell_ids)
+            replica.up = True
+            self._notify()
+
+    async def _probe(self, replica: _Replica, client: httpx.AsyncClient) -> str | None:
+        """`GET /health`; a replica seen for the first time also tells its model and ids. The error, or None."""
         try:
             response = await client.get("/health", timeout=HEALTH_TIMEOUT)
             if response.status_code != 200:
@@ -238,16 +259,8 @@ class RemoteEngine:
             if replica.table_cell_ids is None:
                 replica.table_cell_ids = await _table_cell_ids(client, replica.model)
         except (httpx.HTTPError, ReplicaFailed, ValueError, KeyError, TypeError, IndexError) as exc:
-            if replica.up:
-                logger.warning("replica %s is down: %s", replica.url, _describe(exc))
-            replica.up = False
-            replica.last_error = _describe(exc)
-            self._notify()
-            return
-        if not replica.up:
-            logger.info("replica %s is up: model %s, <td>/</td> ids %s", replica.url, replica.model, replica.table_cell_ids)
-            replica.up = True
-            self._notify()
+            return _describe(exc)
+        return None
 
     def _mark_down(self, replica: _Replica, error: str) -> None:
         replica.errors += 1
