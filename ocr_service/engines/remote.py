@@ -15,8 +15,8 @@ counters; ties to the one picked least recently), never past `max_pages_per_repl
 in flight on one replica; pages wait here while every replica is full. A replica
 that does not answer (refused, reset, timed out, 5xx) is marked down and the page is
 tried once more elsewhere; a 4xx is the page's own error. A background task checks
-every replica's `/health` every `health_interval` seconds and brings a down replica
-back when it answers. The task and the HTTP clients belong to the event loop that
+every replica's `/health` every `health_interval` seconds: it marks an up replica down
+after two failed checks in a row, and brings a down one back when it answers. The task and the HTTP clients belong to the event loop that
 runs the first batch: `load` (a worker thread) checks the replicas with clients of
 its own, so until the first batch `replica_states` shows what `load` found.
 """
