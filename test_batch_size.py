@@ -2,10 +2,11 @@
 
     python test_batch_size.py [--test-image PATH] [--engine NAME] [--max-batch N]
                               [--memory-limit-gb G] [--max-tokens N] [--repeats N]
-                              [--write-env [PATH]]
+                              [--waves N] [--no-confirm] [--write-env [PATH]]
 
 The engine and model come from the same OCR_ settings (environment and .env) as the
-service. The work is in ocr_service/probe.py; this file only reads flags and prints.
+service. The work is in ocr_service/probe/ (vLLM has a mode of its own there, because
+it sizes its memory itself); this file only reads flags and prints.
 """
 
 from __future__ import annotations
@@ -34,10 +35,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--test-image", type=Path, help="a page to probe with (default: a rendered A4 text page)")
     add("--engine", help="override OCR_ENGINE (rapidocr, vllm, transformers, fake)")
-    add("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch to try (default %(default)s)")
+    add(
+        "--max-batch", type=int,
+        help=f"largest batch to try (default {DEFAULT_MAX_BATCH}; on the CPU engine 4 per OCR_RAPIDOCR_THREADS)",
+    )
     add("--memory-limit-gb", type=float, help="cap this process's GPU memory, to stand in for a smaller card")
-    add("--max-tokens", type=int, help="output tokens a page may generate (default OCR_DEFAULT_MAX_TOKENS)")
+    add(
+        "--max-tokens", type=int,
+        help="output tokens a page may generate (default OCR_DEFAULT_MAX_TOKENS; with vLLM, the sweep's pages "
+        "generate exactly this many, default 512)",
+    )
     add("--repeats", type=int, default=1, help="runs per batch size; the fastest counts (default 1)")
+    add("--waves", type=int, default=2, help="vLLM: pages in flight measured this many times over after the first (default 2)")
+    add(
+        "--confirm", action=argparse.BooleanOptionalAction, default=True,
+        help="vLLM: run the maximum of worst-case pages at once to confirm it (default on; long at a large context)",
+    )
     add(
         "--write-env", nargs="?", const=Path(".env"), type=Path, metavar="PATH",
         help="write OCR_BATCH_SIZE and OCR_MAX_QUEUE_SIZE into a .env file (default ./.env), keeping its other lines",
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             memory_limit_gb=args.memory_limit_gb,
             max_tokens=args.max_tokens,
             repeats=args.repeats,
+            waves=args.waves,
+            confirm=args.confirm,
             log=lambda line: print(line, flush=True),
         )
     except ProbeError as exc:

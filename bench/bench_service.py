@@ -35,7 +35,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness
+try:
+    from bench import harness
+except ModuleNotFoundError as missing:  # psutil and matplotlib: requirements_bench.txt
+    MISSING: ModuleNotFoundError | None = missing
+else:
+    MISSING = None
 from bench.pages import a4_text_page, encode_png, noise_png
 
 PLOTS = ROOT / "bench" / "plots"
@@ -534,6 +539,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if MISSING is not None:
+        sys.exit(f"the benchmarks need {MISSING.name}: pip install -r requirements_bench.txt")
     SCENARIOS[args.scenario](args)
 
 

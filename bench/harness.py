@@ -84,7 +84,7 @@ def service_process(
     ocr.update(OCR_HOST="127.0.0.1", OCR_PORT=str(port))
     ocr.setdefault("OCR_LOG_LEVEL", "WARNING")  # no access log: it costs CPU per request
     env.update(ocr)
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))  # keep a vendored site
     workdir = tempfile.mkdtemp(prefix="ocr-bench-")
     process = subprocess.Popen([sys.executable, str(REPO / "run_service.py")], cwd=workdir, env=env)
     service = Service(process, f"http://127.0.0.1:{port}", ocr)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+from ocr_service.deepseek import DEFAULT_PROMPT
 
 EngineName = Literal["rapidocr", "vllm", "transformers", "remote", "fake"]
 
 
 class Settings(BaseSettings):
-    """Service configuration. Defaults follow the seed service (DESIGN.md section 3)."""
+    """Service configuration. The defaults of the variables the original service had are kept."""
 
     model_config = SettingsConfigDict(
         env_prefix="OCR_",
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        populate_by_name=True,  # OCR_DEVICES also answers to CUDA_VISIBLE_DEVICES
     )
 
     # Engine and model
@@ -32,6 +34,16 @@ class Settings(BaseSettings):
     max_model_len: int = Field(8192, ge=256)
     tensor_parallel_size: int = Field(1, ge=1)
     resolution_mode: Literal["tiny", "small", "base", "large", "gundam"] = "gundam"
+    # Engine worker processes: unset = one per GPU (or per group of OCR_TENSOR_PARALLEL_SIZE GPUs)
+    # for the GPU engines and none (the engine in the service's process) for the CPU ones.
+    engine_workers: int | None = Field(None, ge=0)
+    # GPUs to use, e.g. "0,1"; empty = CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists.
+    devices: str = Field("", validation_alias=AliasChoices("OCR_DEVICES", "CUDA_VISIBLE_DEVICES"))
+    warmup_tokens: int = Field(32, ge=0)  # tokens a page of the warm-up batch generates (0 = no warm-up)
+    ignore_eos: bool = False  # benchmarks: every page generates exactly its max_tokens (GPU engines)
+    # vLLM's attention backends by name, e.g. TRITON_ATTN and TORCH_SDPA where FlashAttention 3 fails; empty = vLLM's choice
+    vllm_attention_backend: str = ""
+    vllm_mm_encoder_attention_backend: str = ""
 
     # Batching and admission
     batch_size: int = Field(8, ge=1, le=1024)
@@ -41,19 +53,33 @@ class Settings(BaseSettings):
     max_batch_urls: int = Field(100, ge=1)
     sync_timeout: float = Field(300, gt=0)  # POST /ocr_batch answers 504 (with task ids) past this
 
-    # Task store
+    # Task store: memory (nothing survives a restart), sqlite (one service keeps its tasks and
+    # waiting work through restarts) or redis (several fronts share tasks)
+    store: Literal["memory", "sqlite", "redis"] = "memory"
+    store_path: str = "ocr-tasks.sqlite3"  # the SQLite file
+    redis_url: str = "redis://localhost:6379/0"
+    front_id: str = ""  # this front's name in Redis; empty = host name and port
     task_ttl: float = Field(3600, gt=0)
     cleanup_interval: float = Field(300, gt=0)
+    max_stored_tasks: int = Field(100_000, ge=1)  # tasks held (waiting, running, finished within the TTL)
+    max_stored_tasks_per_client: int = Field(10_000, ge=1)  # the same, per API key or client address
+    keep_documents_mb: float = Field(256, ge=0)  # ended tasks' documents kept for page images; 0 = none
 
     # Inputs
     max_image_size_mb: float = Field(20, gt=0)
     image_download_timeout: float = Field(30, gt=0)
     max_image_pixels: int = Field(60_000_000, ge=1)
     pdf_dpi: int = Field(144, ge=36, le=600)
+    pdf_max_pixels: int = Field(16_000_000, ge=1)  # a bigger PDF page is drawn scaled down to fit
     max_pdf_pages: int = Field(500, ge=1)
     allow_private_urls: bool = False
     url_allowed_hosts: str = ""  # comma-separated host names URLs may name; empty = any (public) host
     max_redirects: int = Field(5, ge=0, le=20)
+
+    # Decoding: child processes that open documents and draw pages (documents/sandbox.py)
+    decode_workers: int = Field(3, ge=1, le=64)  # pages use all but one: uploads are always checked at once
+    decode_timeout: float = Field(15, gt=0)  # seconds per page and per open; the child is killed past it
+    decode_memory_mb: int = Field(2048, ge=256)  # address space of each child
 
     # Default OCR parameters
     default_prompt: str = DEFAULT_PROMPT
@@ -68,6 +94,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = Field(25, ge=0)  # seconds running batches get to finish after SIGTERM
+    request_header_timeout: float = Field(10, gt=0)  # seconds a client has to send each request's headers
+    body_timeout: float = Field(30, gt=0)  # seconds a request body may pause between chunks
+    max_connections: int = Field(0, ge=0)  # open connections per process; 0 = 80% of the file limit
+    max_connections_per_client: int = Field(64, ge=1)  # open connections per client address
+    trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; empty = none
 
     # Access
     api_keys: SecretStr = SecretStr("")  # comma-separated; empty = no keys needed
@@ -88,6 +119,11 @@ class Settings(BaseSettings):
     remote_startup_timeout: float = Field(600, gt=0)  # seconds to wait for a healthy replica
     remote_model: str = ""  # the served model name; empty = ask each replica's /v1/models
     remote_api_key: SecretStr = SecretStr("")  # sent as a Bearer token (vllm serve --api-key)
+
+    @field_validator("engine_workers", mode="before")
+    @classmethod
+    def _empty_means_automatic(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -113,7 +149,7 @@ class Settings(BaseSettings):
     @field_validator("default_prompt", mode="after")
     @classmethod
     def _unescape_prompt(cls, value: str) -> str:
-        # `.env` files and shells pass "\n" literally, as the seed's example does.
+        # `.env` files and shells pass "\n" literally (OCR_DEFAULT_PROMPT=<image>\nFree OCR.).
         return value.replace("\\n", "\n")
 
     @field_validator("remote_urls", mode="after")
@@ -154,8 +190,20 @@ class Settings(BaseSettings):
         return frozenset(host.strip().lower() for host in self.url_allowed_hosts.split(",") if host.strip())
 
     @property
+    def front_name(self) -> str:
+        return self.front_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def trusted_proxy_list(self) -> str:
+        return ",".join(part.strip() for part in self.trusted_proxies.split(",") if part.strip())
+
+    @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    @property
+    def keep_documents_bytes(self) -> int:
+        return int(self.keep_documents_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

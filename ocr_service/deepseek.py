@@ -112,3 +112,25 @@ def banned_ngram_tokens(
         if tuple(output_ids[i : i + ngram_size - 1]) == prefix:
             banned.add(output_ids[i + ngram_size - 1])
     return banned.difference(whitelist)
+
+
+def repeated_ngrams(
+    output_ids: Sequence[int],
+    ngram_size: int,
+    window_size: int,
+    whitelist: Collection[int] = (),
+) -> int:
+    """How many tokens of `output_ids` the n-gram guard would have banned when they came.
+
+    Each such token completes an n-gram already generated in the window before it. An
+    output the guard shaped has none; a looping output without the guard has about one
+    per token.
+
+    >>> repeated_ngrams([7, 8, 7, 8, 7, 8], ngram_size=2, window_size=90)
+    3
+    """
+    return sum(
+        1
+        for end in range(len(output_ids))
+        if output_ids[end] in banned_ngram_tokens(output_ids[:end], ngram_size, window_size, whitelist)
+    )

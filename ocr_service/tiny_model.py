@@ -73,30 +73,11 @@ def _language_config(full_size: bool, vocab_size: int) -> dict[str, Any]:
     MLA). Tiny: the same shape of things in miniature; 2 heads of 32 because vLLM's
     CPU attention backend only takes head sizes 32, 64, 80 and up.
     """
-    if full_size:
-        dims = dict(
-            hidden_size=1280,
-            intermediate_size=6848,
-            moe_intermediate_size=896,
-            num_hidden_layers=12,
-            num_attention_heads=10,
-            num_key_value_heads=10,
-            n_routed_experts=64,
-            num_experts_per_tok=6,
-            n_shared_experts=2,
-        )
-    else:
-        dims = dict(
-            hidden_size=64,
-            intermediate_size=128,
-            moe_intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            n_routed_experts=4,
-            num_experts_per_tok=2,
-            n_shared_experts=1,
-        )
+    names = ("hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "n_routed_experts", "num_experts_per_tok", "n_shared_experts")  # fmt: skip
+    full = (1280, 6848, 896, 12, 10, 10, 64, 6, 2)
+    tiny = (64, 128, 32, 2, 2, 2, 4, 2, 1)
+    dims = dict(zip(names, full if full_size else tiny, strict=True))
     return {
         **dims,
         "vocab_size": vocab_size,
@@ -170,43 +151,17 @@ def deepseek_ocr2_config(image_token_id: int, full_size: bool = False) -> dict[s
     language = _language_config(full_size, vocab_size)
     layers = language["num_hidden_layers"]
     text = {**language, "mlp_layer_types": ["dense"] + ["sparse"] * (layers - 1)}
+    sam: dict[str, Any]
+    encoder: dict[str, Any]
     if full_size:
-        sam = {
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "global_attn_indexes": [2, 5, 8, 11],
-            "downsample_channels": [512, 896],
-        }
-        encoder = {
-            "hidden_size": 896,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 14,
-            "num_key_value_heads": 2,
-            "intermediate_size": 4864,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "vocab_size": 1,
-        }
+        sam = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}
+        sam.update(global_attn_indexes=[2, 5, 8, 11], downsample_channels=[512, 896])
+        encoder = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "intermediate_size": 4864}
     else:
-        sam = {
-            "hidden_size": 32,
-            "output_channels": 16,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "global_attn_indexes": [1],
-            "downsample_channels": [32, 64],
-        }
-        encoder = {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 128,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "vocab_size": 1,
-        }
+        sam = {"hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2, "num_attention_heads": 2}
+        sam.update(global_attn_indexes=[1], downsample_channels=[32, 64])
+        encoder = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+    encoder.update(num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1000000.0, vocab_size=1)
     return {
         "architectures": ["DeepseekOcr2ForConditionalGeneration"],
         "model_type": "deepseek_ocr2",

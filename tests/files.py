@@ -12,19 +12,27 @@ def make_pdf(
     rotate: int = 0,
     encrypt: bool = False,
     kids: str | None = None,
+    fills: int = 1,
 ) -> bytes:
-    """A minimal valid PDF: each page (width pt, height pt, colour) is one filled rectangle."""
+    """A minimal valid PDF: each page (width pt, height pt, colour) is one filled rectangle.
+
+    With `fills` > 1 the rectangle is drawn that many times, in a Flate-compressed
+    stream: a tiny file whose pages cost a lot to render (a page-render stall attack).
+    """
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
     kid_refs = kids if kids is not None else " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
     objects.append(f"<< /Type /Pages /Kids [{kid_refs}] /Count {len(pages)} >>".encode())
     for number, (width, height, colour) in enumerate(pages):
         r, g, b = (c / 255 for c in colour)
-        content = f"{r} {g} {b} rg 0 0 {width} {height} re f".encode()
+        content = f"{r} {g} {b} rg".encode() + f" 0 0 {width} {height} re f".encode() * fills
+        stream_filter = b""
+        if fills > 1:
+            content, stream_filter = zlib.compress(content, 9), b" /Filter /FlateDecode"
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] /Rotate {rotate} "
             f"/Contents {4 + 2 * number} 0 R >>".encode()
         )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        objects.append(b"<< /Length %d%s >>\nstream\n%s\nendstream" % (len(content), stream_filter, content))
     if encrypt:  # RC4 40-bit standard handler whose empty user password does not match
         owner, user = b"11" * 32, b"22" * 32
         objects.append(b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -44 /O <%s> /U <%s> >>" % (owner, user))

@@ -95,9 +95,12 @@ async def test_grounded_output_becomes_clean_markdown_and_pixel_boxes() -> None:
     assert markdown.startswith("# Fake page 1998x999")
     assert "fake-ocr sha256=" in markdown
     blocks = task["pages"][0]["blocks"]
-    assert [block["label"] for block in blocks] == ["title", "text"]
+    assert [block["label"] for block in blocks] == ["title", "text", "image"]
     assert blocks[0]["bbox"] == [200.0, 40.0, 1800.0, 110.0]  # [[100, 40, 900, 110]] on the 0..999 grid
     assert blocks[1]["bbox"] == [200.0, 150.0, 1800.0, 800.0]
+    assert blocks[2]["bbox"] == [500.0, 820.0, 1500.0, 960.0]
+    assert markdown.endswith("![](images/page-1-1.png)")  # the image region, fetchable as a crop
+    assert (task["pages"][0]["width"], task["pages"][0]["height"]) == (1998, 999)
 
 
 async def test_a_page_that_hit_max_tokens_is_flagged_never_silently_clean() -> None:
@@ -152,16 +155,31 @@ async def test_seed_000_sync_batch_answers_one_string_per_input() -> None:
     with file_server(files) as base:
         async with running_app(settings()) as client:
             response = await client.post(
-                "/ocr_batch",
-                json={"input": {"images": [f"{base}/a.png", f"{base}/gone.png"], "pdfs": [f"{base}/b.pdf"]}},
+                "/ocr_batch", json={"input": {"images": [f"{base}/a.png"], "pdfs": [f"{base}/b.pdf"]}}
             )
     assert response.status_code == 200
     body = response.json()
-    assert len(body["output"]) == 3 and len(body["task_ids"]) == 3
+    assert len(body["output"]) == 2 and len(body["task_ids"]) == 2
     assert hashlib.sha256(solid_image(1).tobytes()).hexdigest() in body["output"][0]
-    assert body["output"][1] == "" and "404" in body["errors"][1]
-    assert body["output"][2].count("<--- Page Split --->") == 2
-    assert body["errors"][0] is None and body["errors"][2] is None
+    assert body["output"][1].count("<--- Page Split --->") == 2
+    assert body["errors"] == [None, None]
+
+
+async def test_seed_000_sync_batch_answers_400_like_the_seed_when_an_input_fails() -> None:
+    files = {"/a.png": encode(solid_image(1)), "/b.pdf": three_page_pdf()}
+    with file_server(files) as base:
+        async with running_app(settings()) as client:
+            missing = await client.post(
+                "/ocr_batch", json={"input": {"images": [f"{base}/a.png", f"{base}/gone.png"]}}
+            )
+            not_pdf = await client.post("/ocr_batch", json={"input": {"pdfs": [f"{base}/a.png"]}})
+            empty = await client.post("/ocr_batch", json={"input": {}})
+            done = await wait_for_task(client, missing.json()["task_ids"][0])
+    assert missing.status_code == 400 and "404" in missing.json()["detail"]
+    assert missing.json()["errors"][0] is None and "404" in missing.json()["errors"][1]
+    assert done["status"] == "completed"  # the input that was read is still there to poll
+    assert not_pdf.status_code == 400 and not_pdf.json()["detail"] == f"Provided file is not a PDF: {base}/a.png"
+    assert empty.status_code == 400 and "Either 'images' or 'pdfs'" in empty.json()["detail"]
 
 
 async def test_seed_000_sync_batch_past_its_wait_limit_is_504_and_loses_nothing() -> None:

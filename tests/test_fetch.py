@@ -337,8 +337,9 @@ async def test_names_resolving_to_non_public_addresses_are_refused(
     monkeypatch.setattr(fetch, "resolve_host", fake_resolver({"images.example": [address]}))
     transport = LoopbackOnlyTransport()
     async with make_fetcher(allow_private=False, transport=transport) as fetcher:
-        with pytest.raises(FetchError, match=rf"^URL resolves to {kind} address \({address}\);"):
+        with pytest.raises(FetchError, match=rf"^URL resolves to {kind} address;") as caught:
             await fetcher.fetch("https://images.example/scan.png")
+    assert address not in str(caught.value)  # what a name resolves to inside the network stays unsaid
     assert transport.refused == []
 
 
@@ -390,7 +391,7 @@ async def test_redirect_from_allowed_url_to_private_address_is_refused(
     transport = LoopbackOnlyTransport()
     async with make_fetcher(allow_private=False, transport=transport) as fetcher:
         assert await fetcher.fetch(f"{base}/image") == IMAGE  # the shim lets the first hop through
-        with pytest.raises(FetchError, match=r"private address \(10.0.0.5\)"):
+        with pytest.raises(FetchError, match=r"private address;"):
             await fetcher.fetch(f"{base}/to-private")
     assert transport.refused == []
     assert [path for path, _ in server.seen] == ["/image", "/to-private"]  # type: ignore[attr-defined]
@@ -406,7 +407,7 @@ async def test_redirect_to_private_ip_literal_is_refused(
     )
     transport = LoopbackOnlyTransport()
     async with make_fetcher(allow_private=False, transport=transport) as fetcher:
-        with pytest.raises(FetchError, match=r"private address \(10.0.0.5\)"):
+        with pytest.raises(FetchError, match=r"private address \(10.0.0.5\);"):
             await fetcher.fetch(f"{base}/to-private-literal")
     assert transport.refused == []
 
@@ -417,7 +418,7 @@ async def test_one_private_address_among_public_ones_refuses_the_url(monkeypatch
     seen: list[httpx.Request] = []
     transport = httpx.MockTransport(lambda request: seen.append(request) or httpx.Response(200, content=IMAGE))
     async with make_fetcher(allow_private=False, transport=transport) as fetcher:
-        with pytest.raises(FetchError, match=r"loopback address \(127.0.0.1\)"):
+        with pytest.raises(FetchError, match=r"loopback address;"):
             await fetcher.fetch("http://images.example/a.png")
     assert seen == []
 
@@ -517,7 +518,7 @@ async def test_each_redirect_hop_is_resolved_and_checked_again(monkeypatch: pyte
         return httpx.Response(302, headers={"Location": "/next.png"})
 
     async with make_fetcher(allow_private=False, transport=httpx.MockTransport(handler)) as fetcher:
-        with pytest.raises(FetchError, match=r"loopback address \(127.0.0.1\)"):
+        with pytest.raises(FetchError, match=r"loopback address;"):
             await fetcher.fetch("http://images.example/a.png")
     assert [r.url.host for r in seen] == [PUBLIC_IP]
 

@@ -13,6 +13,7 @@ import pytest
 from ocr_service.engines.base import DecodedPage, PageOutcome
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.logs import JsonFormatter
+from tests.files import make_pdf
 from tests.helpers import (
     encode,
     running_app,
@@ -94,7 +95,7 @@ async def test_ready_while_serving_and_503_after_shutdown() -> None:
         assert response.status_code == 503 and response.json()["status"] == "stopped"
         refused = await upload(client, encode(solid_image(1)))
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
-        assert refused.json() == {"detail": "Service is at full capacity. Please try again later."}
+        assert "shutting down" in refused.json()["detail"]  # the real reason, not "full capacity"
         assert (await client.get("/health")).status_code == 200
 
 
@@ -109,7 +110,7 @@ async def test_a_dying_batcher_turns_readiness_red_and_fails_waiting_tasks() -> 
     assert all("batcher stopped" in task["error"] and "EngineCrash" in task["error"] for task in tasks)
     assert ready.status_code == 503 and ready.json()["status"] == "failed"
     assert "device fell off the bus" in ready.json()["detail"]
-    assert refused.status_code == 503
+    assert refused.status_code == 503 and "batcher stopped" in refused.json()["detail"]
 
 
 async def test_a_batcher_loop_that_raises_fails_waiting_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +131,7 @@ async def test_a_batcher_loop_that_raises_fails_waiting_tasks(monkeypatch: pytes
     assert tasks[0]["status"] == "completed"  # its batch ended before the loop went for more
 
 
-async def test_cancel_a_waiting_task_frees_its_slot_and_a_running_one_is_409() -> None:
+async def test_cancel_frees_a_waiting_tasks_slot_stops_a_running_one_and_an_ended_one_is_409() -> None:
     engine = FakeEngine(batch_latency=0.5)
     async with running_app(settings(batch_size=1, max_queue_size=2), engine) as client:
         running = (await upload(client, encode(solid_image(0)))).json()["task_id"]
@@ -147,14 +148,36 @@ async def test_cancel_a_waiting_task_frees_its_slot_and_a_running_one_is_409() -
         assert (await client.get(f"/ocr/{waiting[1]}")).json()["queue_position"] == 0
         assert (await upload(client, encode(solid_image(4)))).status_code == 202  # the slot is free
 
-        conflict = await client.delete(f"/ocr/{running}")
-        assert conflict.status_code == 409 and "running" in conflict.json()["detail"]
-        assert (await wait_for_task(client, running))["status"] == "completed"
-        ended = await client.delete(f"/ocr/{running}")
+        stopped = await client.delete(f"/ocr/{running}")  # running: cancelled too, its page's result dropped
+        assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled"
+        assert (await wait_for_task(client, waiting[1]))["status"] == "completed"
+        ended = await client.delete(f"/ocr/{waiting[1]}")
         assert ended.status_code == 409 and "completed" in ended.json()["detail"]
         assert (await client.delete("/ocr/no-such-task")).status_code == 404
         assert (await client.get(f"/ocr/{waiting[0]}")).json()["status"] == "cancelled"
         assert (await wait_for_task(client, waiting[1]))["status"] == "completed"
+
+
+async def test_cancelling_a_running_document_keeps_its_done_pages_and_runs_no_more() -> None:
+    engine = FakeEngine(batch_latency=0.4)
+    pdf = make_pdf([(200, 300, (seed * 30, 90, 160)) for seed in range(6)])
+    async with running_app(settings(batch_size=2, batch_policy="timeout", batch_timeout=0.05), engine) as client:
+        task_id = (await upload(client, pdf, "doc.pdf")).json()["task_id"]
+        await wait_until(lambda: _pages_done_at_least(client, task_id, 2))
+        cancelled = await client.delete(f"/ocr/{task_id}")
+        assert cancelled.status_code == 200
+        body = cancelled.json()
+        assert body["status"] == "cancelled"
+        done = body["progress"]["pages_done"]
+        assert 2 <= done < 6 and len(body["pages"]) == done  # the finished pages' results are kept
+        assert f"cancelled after {done} of 6 pages; not done: pages" in body["warnings"][-1]
+        await asyncio.sleep(1.0)  # a page that was in the engine finishes there; nothing new starts
+        assert sum(engine.batches_seen) <= done + 2
+        assert (await client.get(f"/ocr/{task_id}")).json()["progress"]["pages_done"] == done
+
+
+async def _pages_done_at_least(client, task_id: str, pages: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await client.get(f"/ocr/{task_id}")).json()["progress"]["pages_done"] >= pages
 
 
 async def _status_is(client, task_id: str, status: str) -> bool:  # type: ignore[no-untyped-def]

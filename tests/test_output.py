@@ -66,8 +66,8 @@ def test_box_numbers_on_an_ordinary_page_size() -> None:
 def test_as_dict_has_the_wire_shape() -> None:
     page = build_page(GROUNDED, "stop", 999, 999, page_number=1)
     data = page.as_dict()
-    assert list(data) == ["page", "markdown", "blocks", "finish_reason", "truncated"]
-    assert data["page"] == 1
+    assert list(data) == ["page", "markdown", "blocks", "finish_reason", "truncated", "width", "height"]
+    assert (data["page"], data["width"], data["height"]) == (1, 999, 999)
     assert data["blocks"][0] == {"label": "title", "bbox": [115.0, 165.0, 465.0, 201.0], "text": "# Annual Report"}
     assert "page" not in PageResult("x", [], "stop", False).as_dict()
 

@@ -21,7 +21,7 @@ from ocr_service.probe import (
     run_probe,
     update_env_file,
 )
-from tests.helpers import settings, solid_image
+from tests.helpers import settings, solid_image, text_page
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,3 +239,12 @@ def test_probe_accepts_any_image_mode() -> None:
     engine = FakeEngine(memory_budget_mb=100, item_memory_mb=30)
     result = run_probe(settings(), Image.new("L", (50, 50), 128), engine=engine)
     assert result.maximum == 3
+
+
+def test_on_the_cpu_engine_the_probe_stays_within_a_few_pages_per_thread(tmp_path: Path) -> None:
+    image = tmp_path / "small.png"
+    text_page(["Probe"], size=(320, 120), font_size=30).save(image)
+    env = {key: value for key, value in FAKE_ENV.items() if not key.startswith("OCR_FAKE")}
+    done = run_cli(tmp_path, "--test-image", str(image), **{**env, "OCR_ENGINE": "rapidocr", "OCR_RAPIDOCR_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert "Maximum safe batch size: 8 (the --max-batch cap" in done.stdout  # 4 pages per thread, not 256

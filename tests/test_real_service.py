@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,33 @@ def test_a_three_page_pdf_comes_back_as_one_task_with_its_pages_in_order(service
     for markdown, word in zip(markdowns, ("one", "two", "three"), strict=True):
         assert f"page {word} of the report" in markdown
     assert task["result"] == "\n<--- Page Split --->\n".join(markdowns)
+
+
+def test_a_prompt_the_default_engine_cannot_follow_is_answered_with_a_warning(service_url: str) -> None:
+    page = text_page(["A chart of quarterly revenue"])
+    response = httpx.post(
+        f"{service_url}/ocr",
+        files={"file": ("chart.png", encode(page), "image/png")},
+        data={"prompt": "<image>\nDescribe this image in detail."},
+    )
+    task = poll_task(service_url, response.json()["task_id"])
+    assert task["status"] == "completed"
+    assert "quarterly revenue" in task["result"]  # what it can do: the text
+    (warning,) = task["warnings"]
+    assert "cannot follow the prompt 'Describe this image in detail.'" in warning
+    assert task["pages"][0]["warnings"] == [warning.removeprefix("page 1: ")]
+    plain = httpx.post(f"{service_url}/ocr", files={"file": ("p.png", encode(page), "image/png")},
+                       data={"prompt": "<image>\nFree OCR."})
+    assert "warnings" not in poll_task(service_url, plain.json()["task_id"])
+
+
+def test_json_logs_stay_json_and_a_blank_page_alarms_no_one(tmp_path: Path) -> None:
+    with service_process(tmp_path, {"OCR_LOG_FORMAT": "json", "OCR_BATCH_TIMEOUT": "0.1"}) as service:
+        blank = encode(text_page([]))
+        response = httpx.post(f"{service.url}/ocr", files={"file": ("blank.png", blank, "image/png")})
+        task = poll_task(service.url, response.json()["task_id"])
+        log = service.log_path.read_text()
+    assert task["status"] == "completed" and task["result"] == ""
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines)  # every line is a JSON object
+    assert "text detection result is empty" not in log

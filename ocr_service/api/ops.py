@@ -33,6 +33,9 @@ async def ready(request: Request) -> JSONResponse:
     supervisor = services.supervisor
     if supervisor.ready:
         return JSONResponse({"status": "ready"})
+    if not supervisor.engine_healthy:
+        detail = "no engine worker is alive; they are restarting (see /stats: workers)"
+        return JSONResponse({"status": "engine_down", "detail": detail}, status_code=503)
     return JSONResponse({"status": supervisor.state.value, "detail": supervisor.reason}, status_code=503)
 
 

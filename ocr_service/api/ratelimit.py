@@ -1,8 +1,10 @@
 """The per-client rate limit, keyed by API key or client address, on the `limits` library.
 
-One budget per client across all routes except the probes and /metrics, so an
-orchestrator's health checks and a Prometheus scrape never eat into it. A client over
-its budget gets 429 with `Retry-After` and a JSON `detail`, before its body is read.
+One budget per client across all routes except the probes, so an orchestrator's
+health checks never eat into it; a Prometheus scrape with a valid key does not count
+either, but a request with a wrong key counts on every route, `/metrics` included, so
+keys cannot be guessed at full speed anywhere. A client over its budget gets 429 with
+`Retry-After` and a JSON `detail`, before its body is read.
 
 Why `limits` directly and not slowapi's middleware (slowapi is a thin layer over
 `limits`): slowapi finds a request's endpoint by scanning `app.routes` for an
@@ -24,7 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ocr_service.api.security import ApiKeys, presented_key
 
-EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+PROBES = frozenset({"/health", "/ready"})
+UI_FILES = "/ui/"  # the web UI's static files: no data, and a page load fetches several
 
 
 class RateLimitMiddleware:
@@ -37,10 +40,13 @@ class RateLimitMiddleware:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if scope["type"] != "http" or scope["path"] in PROBES or scope["path"].startswith(UI_FILES):
             await self.app(scope, receive, send)
             return
         client = self.client_key(scope)
+        if scope["path"] == "/metrics" and (client.startswith("key:") or not self.api_keys.enabled):
+            await self.app(scope, receive, send)  # a scrape: never limited
+            return
         for item in self.items:
             if not self.limiter.hit(item, client):
                 reset_at = self.limiter.get_window_stats(item, client).reset_time

@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.datastructures import Headers
 
 from ocr_service.api.state import state_of
+from ocr_service.core.tasks import Caller
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of OCR_API_KEYS")
 _bearer = HTTPBearer(auto_error=False, description="One of OCR_API_KEYS, as a bearer token")
@@ -85,3 +86,13 @@ def require_key(
 
 
 Owner = Annotated[str | None, Depends(require_key)]
+
+
+def identify(request: Request, owner: Owner) -> Caller:
+    """Who submits: the key's owner where keys are on, and the name their quotas count under."""
+    if owner is not None:
+        return Caller(owner, f"key:{owner[:16]}")
+    return Caller(None, f"addr:{request.client.host if request.client else 'unknown'}")
+
+
+Submitter = Annotated[Caller, Depends(identify)]

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 
+from ocr_service.api.slots import Slots
 from ocr_service.core.batcher import Batcher
 from ocr_service.core.intake import Defaults, Intake
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.metrics import Metrics
+from ocr_service.core.page_images import PageImages
 from ocr_service.core.status import ServiceStatus, snapshot
 from ocr_service.core.supervisor import Supervisor
+from ocr_service.documents import DecoderPool
 
 if TYPE_CHECKING:  # security reads the keys through `state_of`
     from ocr_service.api.security import ApiKeys
@@ -31,6 +34,10 @@ class ApiConfig:
     max_upload_bytes: int
     max_batch_urls: int
     sync_timeout: float  # how long POST /ocr_batch waits before answering 504
+    # What GET /info tells clients (the web UI) about this process.
+    engine: str = ""
+    resolution_mode: str | None = None  # None for engines without resolution modes
+    max_pdf_pages: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class Services:
     intake: Intake
     batcher: Batcher
     supervisor: Supervisor
+    decoder: DecoderPool  # the processes that open documents and draw their pages
+    page_images: PageImages
+    event_streams: Slots  # open GET /ocr/{id}/events responses
 
     def status(self) -> ServiceStatus:
         return snapshot(self.ledger, self.batcher, self.supervisor)

@@ -6,6 +6,11 @@ has waited `timeout` seconds (the clock starts at that page's arrival). Under th
 for companions only pays while the engine is busy, and while it is busy the queue
 grows by itself. `flush_delay` is that rule, alone.
 
+While pages wait (the engine is full, or a batch waits for companions), the ones that
+will make the next batch are hinted to an engine that can prepare them ahead
+(`Prefetching`): they stay in the queue, so they can still be cancelled and keep their
+place; only the engine's work on them is speculative.
+
 Each page keeps its own request. The batcher reports every page's outcome to a
 `PageSink` (the ledger) the moment the engine returns it, and frees that page's slot
 at once, so an engine that returns pages as they finish (vLLM, RapidOCR) takes new
@@ -13,7 +18,8 @@ ones while a slow batch-mate still runs. It knows nothing of tasks or Markdown.
 
 An out-of-memory error splits the batch in halves and retries them, and lowers the
 live batch cap (`BatchCap`) to what fitted; a page fails only when it alone does not
-fit.
+fit. Any other error that takes a whole batch down is bisected the same way (without
+touching the cap), so the page at fault fails alone and its batch-mates complete.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ocr_service.core.queue import PageJob, PageQueue
-from ocr_service.engines.base import Engine, EngineError, EngineOutOfMemory, PageOutcome
+from ocr_service.engines.base import Engine, EngineError, EngineOutOfMemory, PageOutcome, Parallel, Prefetching
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +101,6 @@ class PageSink(Protocol):
 
     def page_finished(self, job: PageJob, outcome: PageOutcome) -> None: ...
 
-    def batch_ran(self, size: int, seconds: float) -> None: ...
-
 
 class BatchObserver(Protocol):
     """Told about every batch (metrics); the batcher works the same without one."""
@@ -150,15 +154,20 @@ class Batcher:
         self.clock = clock
         self.cap = BatchCap(batch_size)
         self.stats = BatcherStats()
+        self._prefetcher = engine if isinstance(engine, Prefetching) else None
+        # Each instance of an engine made of several (workers, replicas) takes batches of its own.
+        self._instances = engine.instances if isinstance(engine, Parallel) else 1
         self._in_flight: set[PageJob] = set()
         self._batches: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._crash: BaseException | None = None
+        self._paused = False
         queue.on_arrival(self.wake)
 
-    @property
-    def in_flight_pages(self) -> int:
-        return len(self._in_flight)
+    def pause(self) -> None:
+        """Start no new batch (shutdown); the ones in the engine run on."""
+        self._paused = True
+        self.wake()
 
     def wake(self) -> None:
         """Look at the queue again (pages arrived, a slot was freed, time passed)."""
@@ -169,6 +178,9 @@ class Batcher:
         try:
             while True:
                 self._raise_if_crashed()
+                if self._paused:
+                    await self._sleep_until_woken(None)
+                    continue
                 room = self._room()
                 delay = flush_delay(
                     self.policy,
@@ -180,8 +192,10 @@ class Batcher:
                 )
                 if room > 0 and delay == 0:
                     self._launch(self.queue.take(room))
-                else:
-                    await self._sleep_until_woken(None if room <= 0 else delay)
+                    await asyncio.sleep(0)  # the batch reaches its engine before the next one is hinted
+                    continue
+                self._hint_next_batch()
+                await self._sleep_until_woken(None if room <= 0 else delay)
         finally:
             for batch in self._batches:
                 batch.cancel()
@@ -194,11 +208,17 @@ class Batcher:
     # -- forming batches -------------------------------------------------------
 
     def _room(self) -> int:
-        """Pages the engine may take now (0 while it holds as many batches as it allows)."""
+        """Pages the next batch may take now: at most the cap, within the cap per engine
+        instance in flight (0 while the engine holds as many batches as it allows)."""
         limit = self.engine.max_batches_in_flight
         if limit is not None and len(self._batches) >= limit:
             return 0
-        return max(0, self.cap.value - len(self._in_flight))
+        return max(0, min(self.cap.value, self.cap.value * self._instances - len(self._in_flight)))
+
+    def _hint_next_batch(self) -> None:
+        """Let the engine prepare the pages that will make the next batch while they wait."""
+        if self._prefetcher is not None and len(self.queue):
+            self._prefetcher.prefetch([job.request for job in self.queue.peek(self.cap.value)])
 
     def _raise_if_crashed(self) -> None:
         if self._crash is not None:
@@ -255,27 +275,27 @@ class Batcher:
         """Run pages through the engine, splitting the batch on out-of-memory errors."""
         done: set[int] = set()
         started = self.clock()
-        out_of_memory = ""
+        out_of_memory = failure = ""
         try:
             async for index, outcome in self.engine.run([job.request for job in jobs]):
                 done.add(index)
                 self._finish(jobs[index], outcome)
         except EngineOutOfMemory as exc:
             out_of_memory = str(exc)
-        except Exception as exc:
-            logger.exception("engine failed on a batch of %d pages", len(jobs))
-            for index, job in enumerate(jobs):
-                if index not in done:
-                    self._finish(job, EngineError(f"engine error: {exc}"))
-            return
+        except Exception as exc:  # noqa: BLE001 - bisected below: the page at fault fails with it
+            logger.warning("engine failed on a batch of %d pages: %r", len(jobs), exc)
+            failure = str(exc) or repr(exc)
+        # Retried outside the except block: an error's traceback can hold the failed
+        # batch's device memory, and the halves need it back.
+        rest = [job for i, job in enumerate(jobs) if i not in done]
         if out_of_memory:
-            # Retried outside the except block: the error's traceback can hold the failed
-            # batch's device memory, and the halves need it back.
-            await self._retry_smaller([job for i, job in enumerate(jobs) if i not in done], out_of_memory)
-            return
-        self._record_batch(len(jobs), self.clock() - started)
+            await self._retry_out_of_memory(rest, out_of_memory)
+        elif failure:
+            await self._retry_failed(rest, failure)
+        else:
+            self._record_batch(len(jobs), self.clock() - started)
 
-    async def _retry_smaller(self, jobs: list[PageJob], error: str) -> None:
+    async def _retry_out_of_memory(self, jobs: list[PageJob], error: str) -> None:
         self.stats.oom_events += 1
         if len(jobs) == 1:
             self.stats.pages_too_large += 1
@@ -283,6 +303,15 @@ class Batcher:
             return
         self.cap.out_of_memory(len(jobs))
         logger.warning("out of memory on a batch of %d pages; retrying halves, cap now %d", len(jobs), self.cap.value)
+        await self._infer_halves(jobs)
+
+    async def _retry_failed(self, jobs: list[PageJob], error: str) -> None:
+        if len(jobs) == 1:
+            self._finish(jobs[0], EngineError(f"engine error: {error}"))
+            return
+        await self._infer_halves(jobs)
+
+    async def _infer_halves(self, jobs: list[PageJob]) -> None:
         half = len(jobs) // 2
         await self._infer(jobs[:half])
         await self._infer(jobs[half:])
@@ -294,6 +323,5 @@ class Batcher:
         stats.last_batch_size = size
         stats.engine_seconds += seconds
         self.cap.batch_fitted(size)
-        self.sink.batch_ran(size, seconds)
         if self.observer is not None:
             self.observer.batch_ran(size, seconds)

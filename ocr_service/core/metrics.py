@@ -29,6 +29,8 @@ _EXPORTED = (
     ("oom_events", "counter", "Out-of-memory errors that split a batch"),
     ("pages_too_large", "counter", "Pages that alone did not fit in memory"),
     ("pages_processed", "counter", "Pages the engine finished"),
+    ("documents_kept_bytes", "gauge", "Encoded bytes of ended tasks' documents kept for page images"),
+    ("documents_evicted", "counter", "Documents dropped to stay within OCR_KEEP_DOCUMENTS_MB"),
 )
 
 
@@ -94,3 +96,11 @@ class _StatusCollector(Collector):
         for name, count in status.tasks_finished.items():
             finished.add_metric([name], count)
         yield finished
+        if status.workers is not None:
+            restarts = CounterMetricFamily("ocr_worker_restarts", "Engine worker restarts", labels=["worker", "device"])
+            ready = GaugeMetricFamily("ocr_worker_ready", "1 while the engine worker is ready", labels=["worker", "device"])
+            for worker in status.workers:
+                restarts.add_metric([str(worker.id), worker.device], worker.restarts)
+                ready.add_metric([str(worker.id), worker.device], int(worker.state == "ready"))
+            yield restarts
+            yield ready

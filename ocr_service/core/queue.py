@@ -45,6 +45,10 @@ class PageQueue:
     def take(self, count: int) -> list[PageJob]:
         return [self._jobs.popleft() for _ in range(min(count, len(self._jobs)))]
 
+    def peek(self, count: int) -> list[PageJob]:
+        """The next `count` pages, left in the queue."""
+        return [self._jobs[i] for i in range(min(count, len(self._jobs)))]
+
     def oldest_arrival(self) -> float | None:
         return self._jobs[0].arrived_at if self._jobs else None
 
@@ -58,5 +62,12 @@ class PageQueue:
         """How many pages wait ahead of this task's first waiting page (0 = next)."""
         for position, job in enumerate(self._jobs):
             if job.task is task:
+                return position
+        return None
+
+    def last_position(self, task: Task) -> int | None:
+        """How many pages wait ahead of this task's last waiting page."""
+        for position in range(len(self._jobs) - 1, -1, -1):
+            if self._jobs[position].task is task:
                 return position
         return None

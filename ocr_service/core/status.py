@@ -15,6 +15,17 @@ from ocr_service.core.batcher import Batcher
 from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.supervisor import Supervisor
 from ocr_service.core.tasks import TaskStatus
+from ocr_service.engines.base import Engine
+from ocr_service.engines.workers import WorkerPool
+
+
+class WorkerView(BaseModel):
+    id: int
+    pid: int | None
+    device: str = Field(description="CUDA_VISIBLE_DEVICES of the worker; empty when not pinned")
+    state: str = Field(description="starting, ready, restarting or stopped")
+    pages_in_flight: int
+    restarts: int
 
 
 class ServiceStatus(BaseModel):
@@ -44,10 +55,17 @@ class ServiceStatus(BaseModel):
     oom_events: int = Field(description="Out-of-memory errors that split a batch")
     pages_too_large: int = Field(description="Pages that alone did not fit in memory")
     expired_total: int = Field(description="Finished tasks dropped after OCR_TASK_TTL")
+    documents_kept: int = Field(description="Ended tasks' documents kept for page images (OCR_KEEP_DOCUMENTS_MB)")
+    documents_kept_bytes: int = Field(description="Their encoded size, at most OCR_KEEP_DOCUMENTS_MB")
+    documents_evicted: int = Field(description="Documents dropped (oldest first) to stay within OCR_KEEP_DOCUMENTS_MB")
     uptime_s: float
+    workers: list[WorkerView] | None = Field(None, description="The engine's worker processes, where it runs in them")
+
+
 
 
 def snapshot(ledger: WorkLedger, batcher: Batcher, supervisor: Supervisor) -> ServiceStatus:
+    kept = ledger.keeper.stats()
     counts = ledger.counts
     stats = batcher.stats
     throughput = ledger.throughput.pages_per_second
@@ -78,5 +96,15 @@ def snapshot(ledger: WorkLedger, batcher: Batcher, supervisor: Supervisor) -> Se
         oom_events=stats.oom_events,
         pages_too_large=stats.pages_too_large,
         expired_total=ledger.expired,
+        documents_kept=kept.documents,
+        documents_kept_bytes=kept.bytes,
+        documents_evicted=kept.evicted,
         uptime_s=round(time.time() - supervisor.started_at, 1),
+        workers=_workers(batcher.engine),
     )
+
+
+def _workers(engine: Engine) -> list[WorkerView] | None:
+    if not isinstance(engine, WorkerPool):
+        return None
+    return [WorkerView(**vars(worker)) for worker in engine.workers()]

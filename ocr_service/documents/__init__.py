@@ -9,5 +9,15 @@ from ocr_service.documents.document import (
     open_document,
     sniff_media_type,
 )
+from ocr_service.documents.sandbox import DecoderPool
 
-__all__ = ["SUPPORTED", "Document", "DocumentError", "DocumentLimits", "PageRef", "open_document", "sniff_media_type"]
+__all__ = [
+    "SUPPORTED",
+    "DecoderPool",
+    "Document",
+    "DocumentError",
+    "DocumentLimits",
+    "PageRef",
+    "open_document",
+    "sniff_media_type",
+]

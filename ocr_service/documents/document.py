@@ -3,14 +3,19 @@
 A `Document` holds only the encoded bytes of an upload and decodes one page at a
 time (`load_page`), so waiting work stays small and a long PDF never sits decoded in
 memory. The format comes from the bytes alone: file names and content types lie.
+Everything that touches pixels or pdfium runs in a child process of a `DecoderPool`,
+within a time and memory budget (`sandbox.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from ocr_service.documents.sandbox import DecoderPool
 
 SUPPORTED = "a PDF or a PNG, JPEG, WebP, TIFF, BMP or GIF image"
 
@@ -26,14 +31,29 @@ class DocumentLimits:
     max_pixels: int  # per page or frame (OCR_MAX_IMAGE_PIXELS)
     max_pdf_pages: int  # pages of a PDF, and frames of a TIFF (OCR_MAX_PDF_PAGES)
     pdf_dpi: int = 144  # rasterising resolution (OCR_PDF_DPI), upstream's 144
+    pdf_max_pixels: int = 16_000_000  # a bigger PDF page is drawn scaled down to this (OCR_PDF_MAX_PIXELS)
+
+    @property
+    def pdf_raster_pixels(self) -> int:
+        """The most pixels a rasterised PDF page may have."""
+        return min(self.max_pixels, self.pdf_max_pixels)
 
 
 class Document(Protocol):
     """An opened document: validated, pages counted, nothing decoded yet."""
 
-    kind: str  # "image" or "pdf"
-    media_type: str  # from the bytes, e.g. "image/png", "application/pdf"
-    page_count: int
+    @property
+    def kind(self) -> str:
+        """ "image" or "pdf"."""
+        ...
+
+    @property
+    def media_type(self) -> str:
+        """From the bytes, e.g. "image/png", "application/pdf"."""
+        ...
+
+    @property
+    def page_count(self) -> int: ...
 
     @property
     def nbytes(self) -> int:
@@ -47,6 +67,24 @@ class Document(Protocol):
         and `IndexError` for an index outside 0..page_count-1.
         """
         ...
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A decoded page as rows of RGB bytes: what a decoding child sends back."""
+
+    width: int
+    height: int
+    stride: int  # bytes per row: width * 3, or more where rows are padded
+    data: bytes | bytearray
+
+    @classmethod
+    def of(cls, image: Image.Image) -> Raster:
+        """The rows of an RGB image."""
+        return cls(image.width, image.height, image.width * 3, image.tobytes())
+
+    def image(self) -> Image.Image:
+        return Image.frombytes("RGB", (self.width, self.height), self.data, "raw", "RGB", self.stride)
 
 
 @dataclass(frozen=True)
@@ -134,19 +172,14 @@ def _looks_like_text(head: bytes) -> bool:
     return False
 
 
-def open_document(data: bytes, limits: DocumentLimits) -> Document:
-    """Sniff the format from the bytes, validate cheaply and count pages.
+def open_document(data: bytes, limits: DocumentLimits, pool: DecoderPool) -> Document:
+    """Sniff the format from the bytes, then validate cheaply and count pages in `pool`.
 
     Blocking (call it in a worker thread). Refuses empty or unsupported data, pixel
     bombs (from the header, before decoding pixels), truncated or corrupt files,
-    encrypted PDFs, PDFs without pages and documents over the page cap, each with a
-    `DocumentError` that says what was wrong. The returned document holds only `data`.
+    encrypted PDFs, PDFs without pages, documents over the page cap and documents that
+    take longer than the pool's time budget to open, each with a `DocumentError` that
+    says what was wrong. The returned document holds only `data`; its pages are decoded
+    in `pool` too.
     """
-    # Imported here: both modules import DocumentError and DocumentLimits from this one.
-    from ocr_service.documents.images import ImageDocument
-    from ocr_service.documents.pdf import PdfDocument
-
-    media_type = sniff_media_type(data)
-    if media_type == "application/pdf":
-        return PdfDocument.open(data, limits)
-    return ImageDocument.open(data, media_type, limits)
+    return pool.open(data, sniff_media_type(data), limits)

@@ -178,9 +178,11 @@ class UrlFetcher:
             for address in addresses:
                 reason = forbidden_reason(address)
                 if reason is not None:
+                    # The address is named only when the URL itself was that address: what a
+                    # host name resolves to inside the network is not the client's business.
+                    shown = f" ({_show(address)})" if _is_ip_literal(host) else ""
                     raise FetchError(
-                        f"URL resolves to {reason} address ({_show(address)}); "
-                        "set OCR_ALLOW_PRIVATE_URLS=true to allow"
+                        f"URL resolves to {reason} address{shown}; set OCR_ALLOW_PRIVATE_URLS=true to allow"
                     )
         return addresses
 
@@ -253,6 +255,14 @@ def _parse(url: str, *, redirect: bool = False) -> httpx.URL:
     if not parsed.raw_host:
         raise FetchError(f"{where} has no host name")
     return parsed
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _no_cookies() -> http.cookiejar.CookieJar:

@@ -1,56 +1,66 @@
 """PDF documents: count pages at open, rasterise one page at a time with pypdfium2.
 
-pypdfium2 (Apache-2.0/BSD-3; not the AGPL PyMuPDF) wraps pdfium, which is not
-thread-safe, even across separate documents (pypdfium2's README, "Thread
-incompatibility"). Every pdfium call in the process therefore runs
-under one module-level lock. It is a plain `threading.Lock` on purpose: callers are
-worker threads, and the lock guards a process-wide C library, not service state, so
-it cannot live in an object made in the lifespan. A page takes 14-80 ms at 144 dpi,
-so the lock is held briefly. Measured on the 2-core dev machine: opening a 10-page PDF
-takes about 0.06 ms (pdfium parses lazily; 0.3 ms for 300 pages), rendering one A4 page
-at 144 dpi (1190x1684) 11-13 ms for a text page and 44-63 ms for a scanned page;
-reopening per page adds little (page 300 of 300: 16 ms).
+This code runs only in the decoding child processes (`decoder.py`), under their time
+and memory budgets. pypdfium2 (Apache-2.0/BSD-3; not the AGPL PyMuPDF) wraps pdfium,
+which is not thread-safe, even across separate documents (pypdfium2's README, "Thread
+incompatibility"), so every pdfium call in a process runs under one module-level lock.
+A child serves one request at a time, so the lock never waits there; it stays so that
+this module is safe wherever it runs. Measured on the 2-core dev machine: opening a
+10-page PDF takes about 0.06 ms (pdfium parses lazily; 0.3 ms for 300 pages), rendering
+one A4 page at 144 dpi (1190x1684) 11-13 ms for a text page and 44-63 ms for a scanned
+page; reopening per page adds little (page 300 of 300: 16 ms).
 
 Nothing stays open between calls: `load_page` reopens the document from its bytes, draws
-one page and closes everything, so a waiting PDF costs its encoded bytes and no more,
-and pages are never all in memory at once (upstream crashed a host on 2,800 pages).
+one page and closes everything, so pages are never all in memory at once (upstream
+crashed a host on 2,800 pages).
 
-A page whose raster at `pdf_dpi` would exceed `max_pixels` (a poster, a drawing, a
-huge /MediaBox) is not refused: it is rendered scaled down to fit the limit. Such a
-page is legitimate, and the model resizes its input to at most 1280 pixels anyway.
+A page whose raster at `pdf_dpi` would exceed `max_pixels` (`OCR_PDF_MAX_PIXELS`, 16 MP
+by default, never more than `OCR_MAX_IMAGE_PIXELS`) is not refused: a poster, a drawing
+or a huge /MediaBox is legitimate, and it is drawn scaled down to fit. No engine reads
+more than that. DeepSeek-OCR's Gundam mode resizes a page to a 1024 px global view plus
+at most six 640 px tiles (at most 1920x1280 px, 2.5 MP). RapidOCR's detector sees the
+page's longer side at 960 px, so a line it finds is at least about 10 px tall there; its
+recogniser crops that line from the full raster and resizes it to 48 px high, and a
+16 MP raster has a longer side of at least 4000 px, where the same line is at least
+40 px tall. What it costs a large-format drawing: A4 (2.0 MP at 144 dpi), A3 (4.0 MP)
+and A2 (8.0 MP) keep 144 dpi; A1 (16.1 MP) gets 143 dpi, A0 (32 MP) 101 dpi, a 36x48 inch
+E-size sheet 96 dpi, a 200x200 inch page 20 dpi. What it saves: a 16 MP page is 64 MB as
+a Pillow RGB image (4 bytes a pixel), so a batch of 8 holds about 512 MB instead of
+1.9 GB at 60 MP, and drawing time falls with the pixel count (a full-page fill: 7.6 ms
+at 16 MP, 27 ms at 60 MP).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
-from PIL import Image
 
-from ocr_service.documents.document import DocumentError, DocumentLimits
+from ocr_service.documents.document import DocumentError, DocumentLimits, Raster
 
 _PDFIUM_LOCK = threading.Lock()
 _POINTS_PER_INCH = 72.0
 _WHITE = (255, 255, 255, 255)
 
 
+@dataclass(frozen=True)
 class PdfDocument:
     """A PDF upload: its encoded bytes and its page count."""
 
-    kind = "pdf"
-    media_type = "application/pdf"
-
-    def __init__(self, data: bytes, page_count: int, dpi: int, max_pixels: int) -> None:
-        self._data = data
-        self.page_count = page_count
-        self._dpi = dpi
-        self._max_pixels = max_pixels
+    data: bytes = field(repr=False)
+    page_count: int
+    dpi: int
+    max_pixels: int  # of the raster: a bigger page is drawn scaled down
+    kind: ClassVar[str] = "pdf"
+    media_type: ClassVar[str] = "application/pdf"
 
     @property
     def nbytes(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     @classmethod
     def open(cls, data: bytes, limits: DocumentLimits) -> PdfDocument:
@@ -65,16 +75,16 @@ class PdfDocument:
             raise DocumentError("The PDF has no pages.")
         if page_count > limits.max_pdf_pages:
             raise DocumentError(f"The PDF has {page_count} pages; the limit is {limits.max_pdf_pages} pages.")
-        return cls(data, page_count, limits.pdf_dpi, limits.max_pixels)
+        return cls(data, page_count, limits.pdf_dpi, limits.pdf_raster_pixels)
 
-    def load_page(self, index: int) -> Image.Image:
+    def draw(self, index: int) -> Raster:
         """Rasterise page `index` at the configured dpi (scaled down to fit the pixel limit)."""
         if not 0 <= index < self.page_count:
             raise IndexError(f"page {index} of {self.page_count}")
         with _PDFIUM_LOCK:
-            pdf = _load(self._data)
+            pdf = _load(self.data)
             try:
-                return _rasterize(pdf, index, self._dpi, self._max_pixels)
+                return _rasterize(pdf, index, self.dpi, self.max_pixels)
             finally:
                 pdf.close()
 
@@ -110,8 +120,8 @@ def _load(data: bytes) -> pdfium.PdfDocument:
         raise DocumentError("The PDF cannot be opened: it has no pages or is damaged.") from exc
 
 
-def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Image.Image:
-    """Draw one page to an RGB image (lock held)."""
+def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -> Raster:
+    """Draw one page to RGB rows (lock held)."""
     where = f"Page {index + 1} of the PDF"
     try:
         page = pdf[index]
@@ -123,13 +133,15 @@ def _rasterize(pdf: pdfium.PdfDocument, index: int, dpi: int, max_pixels: int) -
             raise DocumentError(f"{where} has no usable size ({width_pt} x {height_pt} points).")
         scale = render_scale(width_pt, height_pt, dpi, max_pixels)
         try:
-            bitmap = page.render(scale=scale, fill_color=_WHITE, draw_annots=True)
+            # RGB byte order and no alpha (an opaque fill): the rows go out as they are.
+            bitmap = page.render(scale=scale, fill_color=_WHITE, draw_annots=True, rev_byteorder=True)
         except (pdfium.PdfiumError, ValueError) as exc:
             raise DocumentError(f"{where} cannot be rendered.") from exc
         try:
-            # A BGR bitmap: to_pil converts, so the image owns its pixels once the bitmap closes.
-            image = bitmap.to_pil()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            if bitmap.mode != "RGB":
+                raise DocumentError(f"{where} was drawn in an unexpected pixel format ({bitmap.mode}).")
+            # One copy, so the rows outlive the bitmap (pdfium frees its buffer on close).
+            return Raster(bitmap.width, bitmap.height, bitmap.stride, bytes(bitmap.buffer))
         finally:
             bitmap.close()
     finally:

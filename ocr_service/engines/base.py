@@ -14,10 +14,11 @@ service's event loop and next to the model.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -58,6 +59,7 @@ class PageRequest:
     prompt: str
     temperature: float
     max_tokens: int
+    key: str = ""  # names the page across calls (task id and page), for matching prefetch hints
 
     @classmethod
     def of_image(cls, image: Image.Image, prompt: str, temperature: float = 0.0, max_tokens: int = 8192) -> PageRequest:
@@ -82,6 +84,8 @@ class PageOutput:
     # pixels; DeepSeek models put them in `text` as grounding tags instead.
     blocks: tuple[Block, ...] | None = None
     output_tokens: int | None = None
+    # Context the page's prompt took, image tokens included (vLLM reports it; the probe reads it).
+    prompt_tokens: int | None = None
     # The size of the image the engine read: boxes are in its pixels.
     width: int = 0
     height: int = 0
@@ -140,6 +144,16 @@ class Engine(Protocol):
 
 
 @runtime_checkable
+class Parallel(Protocol):
+    """An engine made of several model instances side by side (worker processes, replicas)."""
+
+    @property
+    def instances(self) -> int:
+        """How many: each takes batches of up to the batch size at once."""
+        ...
+
+
+@runtime_checkable
 class MemoryProbe(Protocol):
     """Device-memory readings for the batch-size probe (engines on a GPU, the fake engine)."""
 
@@ -154,45 +168,145 @@ class MemoryProbe(Protocol):
         ...
 
 
+@runtime_checkable
+class Prefetching(Protocol):
+    """An engine that can prepare pages it is likely to get soon (the batcher's hint)."""
+
+    def prefetch(self, pages: Sequence[PageRequest]) -> None:
+        """Start preparing `pages`, which will probably be in the next batch. A hint only:
+        the next batch may differ, and pages hinted may never come (cancelled)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """One page prepared for the model: decoded (or its error), and `prepare_page`'s inputs."""
+
+    page: DecodedPage | Exception
+    inputs: Any = None
+    pixels: int = 0  # counted against the prefetch budget while it waits
+
+
 class BatchEngine:
     """Base for engines whose model runs one synchronous batch at a time.
 
-    Subclasses implement `predict`. `run` decodes the pages and calls `predict` on the
-    engine's own worker thread, always the same one: the event loop keeps serving while
-    the model works, and per-thread state of the libraries underneath (CUDA handles, CPU
-    thread pools) is made once instead of once for every thread of a shared pool.
+    Subclasses implement `predict` (and, where the model needs CPU-side inputs per page,
+    `prepare_page` and `predict_prepared`). Pages are prepared (decoded, then
+    `prepare_page`) one by one on a small pool of threads, and the batch runs on the
+    engine's model thread, always the same one, so per-thread state of the libraries
+    underneath (CUDA handles, CPU thread pools) is made once. `prefetch` starts preparing
+    pages as soon as the batcher sees them coming, so the model does not wait between
+    batches for decoding and image processing; a hinted page that never comes is dropped.
+    Pages prepared ahead hold at most `prefetch_pixels` decoded pixels, so hints never
+    double the memory a batch of large pages takes: past it, a page is prepared when its
+    batch comes.
     """
 
     name: ClassVar[str] = "batch"
     max_batches_in_flight: ClassVar[int | None] = 1
-    _worker: ThreadPoolExecutor | None = None
+    prepare_threads: ClassVar[int] = 4
+    prefetch_pixels: ClassVar[int] = 48_000_000  # about 7 A4 pages at 144 dpi, 3 pages at the PDF raster cap
+    _model_thread: ThreadPoolExecutor | None = None
+    _prep_threads: ThreadPoolExecutor | None = None
+    _hinted: dict[str, Future[_Ready | None]] | None = None  # by page key, the latest hint only
+    _hinted_pixels = 0
+    _budget_lock = threading.Lock()
 
     def load(self) -> None:
         pass
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        for pool in (self._prep_threads, self._model_thread):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._prep_threads = self._model_thread = None
+        self._hinted = None
+
+    def prepare_page(self, page: DecodedPage) -> Any:
+        """CPU-side model inputs for one page (an image processor's tensors); None by default."""
+        return None
 
     def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         raise NotImplementedError
 
+    def predict_prepared(self, pages: Sequence[DecodedPage], inputs: Sequence[Any]) -> list[PageOutcome]:
+        """Run the model on prepared pages (`inputs[i]` is page i's, or the exception that
+        preparing it raised); engines without a `prepare_page` step just predict."""
+        return self.predict(pages)
+
+    def prefetch(self, pages: Sequence[PageRequest]) -> None:
+        hinted = self._hinted if self._hinted is not None else {}
+        keys = {page.key for page in pages if page.key}
+        for key in [key for key in hinted if key not in keys]:
+            self._forget(hinted.pop(key))  # no longer expected next
+        prep = self._threads()[0]
+        for page in pages:
+            if page.key and page.key not in hinted:
+                hinted[page.key] = prep.submit(self._prepare_ahead, page)
+        self._hinted = hinted
+
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-engine")
-        outcomes = await asyncio.get_running_loop().run_in_executor(self._worker, self._decode_and_predict, pages)
+        prep, model = self._threads()
+        loop = asyncio.get_running_loop()
+        hinted = self._hinted if self._hinted is not None else {}
+        ready: list[_Ready] = []
+        for page in pages:
+            ahead = hinted.pop(page.key, None)
+            done = await asyncio.wrap_future(ahead) if ahead is not None else None
+            if ahead is not None:
+                self._forget(ahead)
+            ready.append(done if done is not None else await loop.run_in_executor(prep, self._prepare, page))
+        outcomes = await asyncio.get_running_loop().run_in_executor(model, self._predict_ready, ready)
         for index, outcome in enumerate(outcomes):
             yield index, outcome
 
-    def _decode_and_predict(self, pages: Sequence[PageRequest]) -> list[PageOutcome]:
-        decoded = [decode(page) for page in pages]
-        ready = [(i, page) for i, page in enumerate(decoded) if isinstance(page, DecodedPage)]
-        outcomes: list[PageOutcome] = [page if isinstance(page, Exception) else EngineError("no outcome") for page in decoded]
-        if ready:
-            predicted = self.predict([page for _, page in ready])
-            if len(predicted) != len(ready):
-                raise EngineError(f"{self.name} returned {len(predicted)} outcomes for {len(ready)} pages")
-            for (i, page), outcome in zip(ready, predicted, strict=True):
-                outcomes[i] = with_size(outcome, page.image)
+    def _threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        if self._prep_threads is None or self._model_thread is None:
+            self._prep_threads = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix=f"{self.name}-prepare")
+            self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
+        return self._prep_threads, self._model_thread
+
+    def _prepare_ahead(self, request: PageRequest) -> _Ready | None:
+        """Prepare a hinted page, or None where its pixels would pass the budget."""
+        ready = self._prepare(request)
+        pixels = ready.page.image.width * ready.page.image.height if isinstance(ready.page, DecodedPage) else 0
+        with self._budget_lock:
+            if self._hinted_pixels + pixels > self.prefetch_pixels:
+                return None
+            self._hinted_pixels += pixels
+        return replace(ready, pixels=pixels)
+
+    def _forget(self, hint: Future[_Ready | None]) -> None:
+        """A hinted page was taken or dropped: its pixels no longer count against the budget."""
+        if hint.cancel() or not hint.done() or hint.exception() is not None:
+            if not hint.done():
+                hint.add_done_callback(self._forget)  # still running: forget it when it ends
+            return
+        ready = hint.result()
+        if ready is not None:
+            with self._budget_lock:
+                self._hinted_pixels -= ready.pixels
+
+    def _prepare(self, request: PageRequest) -> _Ready:
+        page = decode(request)
+        if isinstance(page, Exception):
+            return _Ready(page)
+        try:
+            return _Ready(page, self.prepare_page(page))
+        except Exception as exc:  # noqa: BLE001 - this page's own outcome
+            return _Ready(page, exc)
+
+    def _predict_ready(self, ready: Sequence[_Ready]) -> list[PageOutcome]:
+        good = [(i, item) for i, item in enumerate(ready) if isinstance(item.page, DecodedPage)]
+        outcomes: list[PageOutcome] = [
+            item.page if isinstance(item.page, Exception) else EngineError("no outcome") for item in ready
+        ]
+        if not good:
+            return outcomes
+        pages = [item.page for _, item in good if isinstance(item.page, DecodedPage)]
+        predicted = self.predict_prepared(pages, [item.inputs for _, item in good])
+        if len(predicted) != len(good):
+            raise EngineError(f"{self.name} returned {len(predicted)} outcomes for {len(good)} pages")
+        for (i, _), page, outcome in zip(good, pages, predicted, strict=True):
+            outcomes[i] = with_size(outcome, page.image)
         return outcomes

@@ -9,6 +9,8 @@ than the budget raises `EngineOutOfMemory`, as the real engines do.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from ocr_service.engines.base import (
 )
 
 FAIL_MARKER = "[fake:fail]"
+CRASH_MARKER = "[fake:crash]"  # kills the process running the engine: for engine-worker fault tests
 MB = 1024 * 1024
 
 
@@ -35,12 +38,14 @@ def fake_text(request: DecodedPage) -> str:
 
 
 def grounded(text: str, width: int, height: int) -> str:
-    """DeepSeek-style grounded output: a title block and a text block on the 0..999 grid."""
+    """DeepSeek-style grounded output on the 0..999 grid: a title, a text block and an
+    image region (DeepSeek writes no text after an image's box list)."""
     return (
         "<|ref|>title<|/ref|><|det|>[[100, 40, 900, 110]]<|/det|>\n"
         f"# Fake page {width}x{height}\n\n"
         "<|ref|>text<|/ref|><|det|>[[100, 150, 900, 800]]<|/det|>\n"
-        f"{text}"
+        f"{text}\n\n"
+        "<|ref|>image<|/ref|><|det|>[[250, 820, 750, 960]]<|/det|>\n"
     )
 
 
@@ -75,6 +80,8 @@ class FakeEngine(BatchEngine):
         return [self._read(page) for page in pages]
 
     def _read(self, page: DecodedPage) -> PageOutcome:
+        if CRASH_MARKER in page.prompt:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a segfault in a kernel would
         if FAIL_MARKER in page.prompt:
             return EngineError(f"fake engine failed on this page as its prompt asked ({FAIL_MARKER})")
         text = fake_text(page)

@@ -1,9 +1,9 @@
 """The embedded CPU engine: RapidOCR on onnxruntime, with models shipped in the wheel.
 
 It works offline right after `pip install`, so a fresh machine with no GPU can serve.
-It reads text lines only: prompts (grounding, figures, descriptions) are ignored, and
-each detected line becomes a block with its pixel box; `output.pages` puts them in
-reading order.
+It reads text lines only: each detected line becomes a block with its pixel box, and
+`output.pages` puts them in reading order. A prompt it cannot follow (describe, parse a
+figure, locate) still gets the page's text, with a warning that says so.
 
 Settings follow measurements on rendered A4 pages on 2-core machines: the angle
 classifier off (on, it flipped some long lines and the character error rate rose
@@ -18,14 +18,37 @@ instance and would race between threads.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ocr_service.deepseek import GROUNDING_TAG, IMAGE_TAG, PROMPTS
 from ocr_service.engines.base import EngineError, PageOutcome, PageOutput, PageRequest
 from ocr_service.output.blocks import Block
+
+# What RapidOCR does is what these prompts ask: read the page's text (as lines in reading order).
+READING_PROMPTS = frozenset(
+    " ".join(PROMPTS[name].replace(IMAGE_TAG, "").replace(GROUNDING_TAG, "").split()).lower()
+    for name in ("markdown", "free", "ocr")
+)
+_EMPTY_PAGE = "The text detection result is empty"  # RapidOCR's log line for a page without text
+
+
+def prompt_warning(prompt: str) -> str | None:
+    """The warning for a prompt RapidOCR cannot follow, or None for a reading prompt.
+
+    >>> prompt_warning("<image>\\n<|grounding|>Convert the document to markdown.") is None
+    True
+    >>> prompt_warning("<image>\\nDescribe this image in detail.")[:60]
+    'the rapidocr engine reads text only and cannot follow the pr'
+    """
+    asked = " ".join(prompt.replace(IMAGE_TAG, "").replace(GROUNDING_TAG, "").split())
+    if asked.lower() in READING_PROMPTS:
+        return None
+    return f"the rapidocr engine reads text only and cannot follow the prompt {asked!r}: this is the page's text"
 
 
 class RapidOcrEngine:
@@ -45,6 +68,7 @@ class RapidOcrEngine:
     def load(self) -> None:
         from rapidocr import RapidOCR
 
+        _route_library_log()
         self._ocr = RapidOCR(
             params={
                 "Global.use_cls": False,
@@ -83,7 +107,9 @@ class RapidOcrEngine:
         # Pass an array, never a string: RapidOCR fetches strings that look like URLs.
         blocks = self._read(np.asarray(image))
         text = "\n".join(block.text for block in blocks)
-        return PageOutput(text, "stop", blocks=tuple(blocks), width=image.width, height=image.height)
+        return PageOutput(
+            text, "stop", blocks=tuple(blocks), width=image.width, height=image.height, warning=prompt_warning(page.prompt)
+        )
 
     def _read(self, image: np.ndarray) -> list[Block]:
         result = self._ocr(image)
@@ -100,3 +126,18 @@ class RapidOcrEngine:
 def _bounding_box(points: np.ndarray) -> tuple[float, float, float, float]:
     xs, ys = points[:, 0], points[:, 1]
     return (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+
+def _route_library_log() -> None:
+    """Send RapidOCR's own log lines through the service's handler (text or JSON), without
+    its colours, and drop its warning for a page without text: a blank page is not a fault."""
+    library = logging.getLogger("RapidOCR")
+    library.handlers.clear()
+    library.propagate = True
+    if not any(isinstance(f, _DropEmptyPage) for f in library.filters):
+        library.addFilter(_DropEmptyPage())
+
+
+class _DropEmptyPage(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _EMPTY_PAGE

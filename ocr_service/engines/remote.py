@@ -69,6 +69,7 @@ class RemoteOptions:
     window_size: int
     model: str | None = None  # the served model name; None: ask each replica's /v1/models
     api_key: str | None = None
+    ignore_eos: bool = False  # benchmarks: every page generates exactly its max_tokens
     health_interval: float = 5.0
 
 
@@ -134,7 +135,8 @@ class RemoteEngine:
     """Pages to `vllm serve` replicas over HTTP; see the module docstring for the rules."""
 
     name = "remote"
-    # Pages flow continuously; the batcher's page cap (replicas x per-replica cap) is the limit.
+    # Pages flow continuously; the batcher keeps its page cap in flight once per replica
+    # (`instances`), and this engine holds each replica to `max_pages_per_replica`.
     max_batches_in_flight = None
 
     def __init__(self, options: RemoteOptions) -> None:
@@ -197,6 +199,11 @@ class RemoteEngine:
                 await replica.client.aclose()
                 replica.client = None
         self._loop = None
+
+    @property
+    def instances(self) -> int:
+        """The replicas configured (the `Parallel` protocol: the batcher's page cap applies to each)."""
+        return len(self._replicas)
 
     def replica_states(self) -> list[ReplicaState]:
         """A snapshot of every replica, in the order of `urls`."""
@@ -375,6 +382,7 @@ class RemoteEngine:
                 ngram_size=self.options.ngram_size,
                 window_size=self.options.window_size,
                 table_cell_ids=replica.table_cell_ids,
+                ignore_eos=self.options.ignore_eos,
             ),
         )
         try:
@@ -404,13 +412,14 @@ def chat_request(
     ngram_size: int,
     window_size: int,
     table_cell_ids: Sequence[int],
+    ignore_eos: bool = False,
 ) -> dict[str, Any]:
     """The body of one page's `/v1/chat/completions` request (vLLM's DeepSeek-OCR recipe)."""
     content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": image_uri}}]
     text = without_image_tag(prompt)
     if text:  # vLLM renders an empty text part as "<image>\n", the plain prompt has none
         content.append({"type": "text", "text": text})
-    return {
+    body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "temperature": temperature,
@@ -422,6 +431,9 @@ def chat_request(
             "whitelist_token_ids": list(table_cell_ids),
         },
     }
+    if ignore_eos:
+        body["ignore_eos"] = True
+    return body
 
 
 def completion_output(response: httpx.Response) -> PageOutput:
@@ -431,9 +443,10 @@ def completion_output(response: httpx.Response) -> PageOutput:
         choice = body["choices"][0]
         text = choice["message"]["content"] or ""
         tokens = int(body["usage"]["completion_tokens"])
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        prompt_tokens = body["usage"].get("prompt_tokens")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise PageRefused(f"vLLM answered without a completion: {response.text[:300]!r}") from exc
-    return page_output(text, choice.get("finish_reason"), tokens)
+    return page_output(text, choice.get("finish_reason"), tokens, prompt_tokens if isinstance(prompt_tokens, int) else None)
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -13,14 +13,20 @@ torch and transformers are imported in `load`, after the torchvision fix.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ocr_service.deepseek import TABLE_CELL_TOKENS, banned_ngram_tokens, uses_random_weights, with_image_tag
+from ocr_service.deepseek import (
+    DEFAULT_PROMPT,
+    TABLE_CELL_TOKENS,
+    banned_ngram_tokens,
+    uses_random_weights,
+    with_image_tag,
+)
 from ocr_service.engines.base import (
     BatchEngine,
     DecodedPage,
@@ -28,7 +34,9 @@ from ocr_service.engines.base import (
     EngineOutOfMemory,
     PageOutcome,
     PageOutput,
+    PageRequest,
 )
+from ocr_service.engines.sample_page import render_test_page
 from ocr_service.engines.torch_support import install_torchvision_import_fix, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,10 @@ class TransformersOptions:
     window_size: int
     # Generate every page to its max_tokens whatever the model says (benchmarks).
     ignore_eos: bool = False
+    # A batch of this many sample pages runs at load, on the threads that serve: the first
+    # batch of a new size (or on a new thread) is several times slower than the next.
+    warmup_batch: int = 0
+    warmup_tokens: int = 32
 
 
 def check_resolution_mode(mode: str) -> ViewSize:
@@ -80,6 +92,40 @@ def check_resolution_mode(mode: str) -> ViewSize:
         )
     return RESOLUTION_MODES[mode]
 
+
+
+def collate(parts: Sequence[Any], pad_id: int) -> Any:
+    """One batch of processor inputs from pages prepared one by one: prompts padded on the
+    left (generation continues on the right), global views and tiles stacked in page order.
+
+    The image processor treats each image on its own, so this is what preparing the pages
+    together gives, without waiting for the whole batch to arrive first.
+    """
+    import torch
+    from transformers import BatchFeature
+
+    length = max(int(part["input_ids"].shape[1]) for part in parts)
+
+    def left_pad(name: str, value: int) -> Any:
+        rows = [part[name] for part in parts]
+        return torch.cat(
+            [torch.nn.functional.pad(row, (length - row.shape[1], 0), value=value) for row in rows], dim=0
+        )
+
+    data: dict[str, Any] = {
+        "input_ids": left_pad("input_ids", pad_id),
+        "attention_mask": left_pad("attention_mask", 0),
+        "pixel_values": torch.cat([part["pixel_values"] for part in parts], dim=0),
+        "num_local_patches": [int(n) for part in parts for n in _as_list(part["num_local_patches"])],
+    }
+    tiles = [part["pixel_values_local"] for part in parts if part.get("pixel_values_local") is not None]
+    if tiles:
+        data["pixel_values_local"] = torch.cat(tiles, dim=0)
+    return BatchFeature(data=data)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def finish_row(generated: Sequence[int], eos_id: int, max_tokens: int) -> tuple[list[int], str]:
@@ -168,6 +214,20 @@ class TransformersEngine(BatchEngine):
             self._dtype,
             self.options.resolution_mode,
         )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run one batch of the configured size through both of the engine's threads."""
+        size, tokens = self.options.warmup_batch, self.options.warmup_tokens
+        if not size or not tokens:
+            return
+        started = time.perf_counter()
+        page = render_test_page()
+        pages = [PageRequest.of_image(page, DEFAULT_PROMPT, 0.0, tokens) for _ in range(size)]
+        prepare, model = self._threads()
+        ready = [future.result() for future in [prepare.submit(self._prepare, page) for page in pages]]
+        model.submit(self._predict_ready, ready).result()
+        logger.info("warmed up with a batch of %d pages in %.1f s", size, time.perf_counter() - started)
 
     def close(self) -> None:
         self._model = None
@@ -197,56 +257,59 @@ class TransformersEngine(BatchEngine):
     # -- inference --------------------------------------------------------------
 
     def predict(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
-        """Prepare each page, generate the good ones together."""
+        return self.predict_prepared(pages, [self._try_prepare(page) for page in pages])
+
+    def prepare_page(self, page: DecodedPage) -> Any:
+        """The image processor's inputs for one page: resized global view, tiles, prompt ids.
+
+        CPU work; it runs on the engine's preparing threads, as the page arrives, while
+        the model generates the batch before.
+        """
+        view = RESOLUTION_MODES[self.options.resolution_mode]
+        try:
+            return self._processor(
+                images=[page.image],
+                text=[with_image_tag(page.prompt)],
+                crop_to_patches=view.crop_to_patches,
+                size={"height": view.global_size, "width": view.global_size},
+                tile_size=view.tile_size,
+                return_tensors="pt",
+            )
+        except Exception as exc:
+            raise EngineError(f"could not prepare the page for DeepSeek-OCR-2: {exc}") from exc
+
+    def predict_prepared(self, pages: Sequence[DecodedPage], inputs: Sequence[Any]) -> list[PageOutcome]:
+        """Generate the prepared pages together; each page that could not be prepared fails alone."""
         if self._model is None:
             raise EngineError("the transformers engine is not loaded")
-        mode = self.options.resolution_mode
-        outcomes: list[PageOutcome | None] = [None] * len(pages)
-        inputs = self._prepare(pages, outcomes)
+        outcomes: list[PageOutcome | None] = [part if isinstance(part, Exception) else None for part in inputs]
         ready = [i for i, o in enumerate(outcomes) if o is None]
         if not ready:
             return [o for o in outcomes if o is not None]
+        batch = collate([inputs[i] for i in ready], self._pad_id if self._pad_id is not None else self._eos_id)
         out_of_memory = ""
         try:
-            rows = self._generate(inputs, [pages[i] for i in ready])
+            rows = self._generate(batch, [pages[i] for i in ready])
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            out_of_memory = f"{len(ready)} pages at {mode}: {exc}"
+            out_of_memory = f"{len(ready)} pages at {self.options.resolution_mode}: {exc}"
         if out_of_memory:
             # Only now, outside the except block, are the torch error and its traceback (whose
             # frames hold the failed batch's activations) gone, so the cache can really be
             # emptied; and the error we raise carries no cause that would pin them again.
-            del inputs
+            del batch
             self.free_memory()
             raise EngineOutOfMemory(out_of_memory)
         for i, outcome in zip(ready, rows, strict=True):
             outcomes[i] = outcome
         return [o if o is not None else EngineError("no outcome") for o in outcomes]
 
-    def _prepare(self, pages: Sequence[DecodedPage], outcomes: list[PageOutcome | None]) -> Any:
-        """Processor inputs for the pages that can be prepared; failures go to `outcomes`."""
-        processor = self._processor
-        view = RESOLUTION_MODES[self.options.resolution_mode]
-        kwargs = dict(
-            crop_to_patches=view.crop_to_patches,
-            size={"height": view.global_size, "width": view.global_size},
-            tile_size=view.tile_size,
-            return_tensors="pt",
-            padding=True,
-        )
-        texts = [with_image_tag(p.prompt) for p in pages]
-        with contextlib.suppress(Exception):  # else find the page(s) at fault, then prepare the rest together
-            return processor(images=[p.image for p in pages], text=texts, **kwargs)
-        for i, page in enumerate(pages):
-            try:
-                processor(images=[page.image], text=[texts[i]], **kwargs)
-            except Exception as exc:  # noqa: BLE001 - this page's own outcome
-                outcomes[i] = EngineError(f"could not prepare the page for DeepSeek-OCR-2: {exc}")
-        ok = [i for i, o in enumerate(outcomes) if o is None]
-        if not ok:
-            return None
-        return processor(images=[pages[i].image for i in ok], text=[texts[i] for i in ok], **kwargs)
+    def _try_prepare(self, page: DecodedPage) -> Any:
+        try:
+            return self.prepare_page(page)
+        except EngineError as exc:
+            return exc
 
     def _generate(self, inputs: Any, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
         torch = self._torch

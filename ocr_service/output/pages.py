@@ -3,8 +3,10 @@
 Two kinds of engine feed this:
 - DeepSeek models put layout in the text as grounding tags (see `grounding.py`); we
   strip the tags from the Markdown and turn the boxes into pixel `Block`s.
-- Engines that detect line boxes themselves (RapidOCR) hand us `Block`s; the Markdown
-  is their texts in reading order.
+- Engines that detect line boxes themselves (RapidOCR) hand us `Block`s; `layout.py`
+  puts them in reading order (columns, rows, paragraphs) and writes their text as
+  escaped Markdown, with headings, lists and tables only where the geometry shows them.
+  DeepSeek's output is Markdown by design and is not escaped.
 
 Decisions:
 - A grounded block with several boxes gives one `Block` per box, each carrying the
@@ -23,9 +25,9 @@ Decisions:
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ocr_service.output.blocks import Block
 from ocr_service.output.grounding import (
@@ -35,6 +37,7 @@ from ocr_service.output.grounding import (
     is_layout,
     parse_grounded,
 )
+from ocr_service.output.layout import lay_out
 
 # The separator DeepSeek's own PDF script (run_dpsk_ocr_pdf.py) writes between pages.
 PAGE_SEPARATOR = "\n<--- Page Split --->\n"
@@ -54,6 +57,10 @@ class PageResult:
     # Never to be shown as a clean success.
     truncated: bool
     page: int | None = None  # 1-based page number, when known
+    # The pixel size of the page image the engine read: the space `blocks` are in.
+    width: int = 0
+    height: int = 0
+    warnings: tuple[str, ...] = ()  # what the engine could not do as asked, or did incompletely
 
     def as_dict(self) -> dict:
         out: dict = {} if self.page is None else {"page": self.page}
@@ -62,8 +69,24 @@ class PageResult:
             blocks=[block.as_dict() for block in self.blocks],
             finish_reason=self.finish_reason,
             truncated=self.truncated,
+            width=self.width,
+            height=self.height,
         )
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PageResult:
+        """The page `as_dict` wrote (a stored task read back)."""
+        return cls(
+            markdown=data["markdown"],
+            blocks=[Block(b["label"], tuple(b["bbox"]), b["text"]) for b in data["blocks"]],
+            finish_reason=data["finish_reason"],
+            truncated=data["truncated"],
+            page=data.get("page"),
+            warnings=tuple(data.get("warnings", ())),
+        )
 
 
 def build_page(
@@ -80,7 +103,8 @@ def build_page(
     is 1-based and names the page's image references.
     """
     if blocks:
-        markdown, kept = _from_line_blocks(blocks)
+        page = lay_out(blocks)
+        markdown, kept = page.markdown, page.blocks
     elif blocks is not None:  # the engine detected nothing
         markdown, kept = clean_text(text), []
     else:
@@ -91,6 +115,8 @@ def build_page(
         finish_reason=finish_reason,
         truncated=finish_reason == "length",
         page=page_number,
+        width=width,
+        height=height,
     )
 
 
@@ -144,44 +170,3 @@ def _as_heading(label: str, text: str) -> str:
     if prefix is None or not text or text.startswith("#"):
         return text
     return prefix + " ".join(text.split())
-
-
-def _from_line_blocks(blocks: Sequence[Block]) -> tuple[str, list[Block]]:
-    """Line boxes -> text in reading order: lines top to bottom, boxes left to right.
-
-    Boxes whose vertical extents mostly overlap form one line (joined by spaces). A
-    vertical gap larger than most lines are tall starts a new paragraph. Columns are
-    not detected: two columns side by side interleave line by line.
-    """
-    lines: list[list[Block]] = []
-    for block in sorted(blocks, key=lambda b: (b.bbox[1], b.bbox[0])):
-        if lines and _same_line(lines[-1], block):
-            lines[-1].append(block)
-        else:
-            lines.append([block])
-    for line in lines:
-        line.sort(key=lambda b: b.bbox[0])
-
-    heights = [max(b.bbox[3] for b in line) - min(b.bbox[1] for b in line) for line in lines]
-    typical = statistics.median(heights) if heights else 0.0
-    out: list[str] = []
-    previous_bottom: float | None = None
-    for line in lines:
-        top = min(b.bbox[1] for b in line)
-        if previous_bottom is not None and out and out[-1] and top - previous_bottom > 0.75 * typical:
-            out.append("")
-        text = " ".join(b.text.strip() for b in line if b.text.strip())
-        if text:
-            out.append(text)
-        previous_bottom = max(b.bbox[3] for b in line)
-    ordered = [block for line in lines for block in line]
-    return "\n".join(out).strip(), ordered
-
-
-def _same_line(line: list[Block], block: Block) -> bool:
-    """True when `block` overlaps the line vertically by at least half the smaller height."""
-    top = min(b.bbox[1] for b in line)
-    bottom = max(b.bbox[3] for b in line)
-    overlap = min(bottom, block.bbox[3]) - max(top, block.bbox[1])
-    smaller = min(bottom - top, block.bbox[3] - block.bbox[1])
-    return smaller > 0 and overlap >= 0.5 * smaller

@@ -8,7 +8,7 @@ of two. Every trial records its latency, pages per second and peak memory; an
 out-of-memory error (or any other) is recorded as a failed trial, memory is freed and
 the probe goes on.
 
-The recommendation is not "half the maximum" (the seed's rule): it is the knee of the
+The recommendation is not "half the maximum" (the original tool's rule): it is the knee of the
 measured throughput curve, the smallest batch that reaches `KNEE_SHARE` of the best
 pages/s, because past the knee a bigger batch buys latency, not throughput; and it
 stays within `HEADROOM` of the maximum, because the test page is one page at one size
@@ -18,6 +18,7 @@ This is a command-line tool, not part of the service: it drives the engine from 
 own event loop, one batch at a time, and reads no environment itself.
 """
 
+from ocr_service.engines.sample_page import render_tall_page, render_test_page
 from ocr_service.probe.curve import (
     Recommendation,
     Trial,
@@ -36,9 +37,9 @@ from ocr_service.probe.runner import (
     DEFAULT_MAX_BATCH,
     ProbeError,
     ProbeResult,
+    default_max_batch,
     run_probe,
 )
-from ocr_service.probe.sample_page import render_test_page
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -46,12 +47,14 @@ __all__ = [
     "ProbeResult",
     "Recommendation",
     "Trial",
+    "default_max_batch",
     "env_lines",
     "format_report",
     "format_table",
     "headroom_limit",
     "queue_size_for",
     "recommend",
+    "render_tall_page",
     "render_test_page",
     "run_probe",
     "search",

@@ -84,24 +84,25 @@ class Recommendation:
     queue_reason: str
 
 
-def headroom_limit(maximum: int) -> int:
-    """The largest batch we would recommend: HEADROOM of the maximum, at least 1."""
-    return max(1, math.floor(maximum * HEADROOM))
+def headroom_limit(maximum: int, headroom: float = HEADROOM) -> int:
+    """The largest batch we would recommend: `headroom` of the maximum, at least 1."""
+    return max(1, math.floor(maximum * headroom))
 
 
-def recommend(trials: Sequence[Trial], maximum: int) -> Recommendation:
+def recommend(trials: Sequence[Trial], maximum: int, headroom: float = HEADROOM) -> Recommendation:
     """Choose OCR_BATCH_SIZE from the measured curve (pure: no engine, no clock).
 
     The knee is the smallest measured batch whose pages/s reaches KNEE_SHARE of the best
     measured anywhere. If the knee lies above the headroom limit, the throughput is
     still rising there, so the largest measured batch within the limit is taken.
+    `headroom` is 1 where the maximum already holds the worst page (the vLLM mode).
     """
     if maximum < 1:
         raise ValueError("nothing fitted; there is nothing to recommend")
-    limit = headroom_limit(maximum)
+    limit = headroom_limit(maximum, headroom)
     measured = sorted((t for t in trials if t.ok and t.pages_per_s), key=lambda t: t.batch_size)
     if not measured:
-        return _with_queue(limit, None, f"no timings were measured; {limit} is {HEADROOM:.0%} of the maximum")
+        return _with_queue(limit, None, f"no timings were measured; {limit} is {headroom:.0%} of the maximum")
     best = max(measured, key=lambda t: t.pages_per_s or 0.0)
     best_rate = best.pages_per_s or 0.0
     target = KNEE_SHARE * best_rate
@@ -119,17 +120,17 @@ def recommend(trials: Sequence[Trial], maximum: int) -> Recommendation:
                 f"larger batches add latency ({chosen.seconds:.2f} s -> {best.seconds:.2f} s a batch) "
                 f"for little more throughput, "
             )
-        reason += f"and it stays within the memory headroom limit of {limit} ({HEADROOM:.0%} of the maximum {maximum})"
+        reason += f"and it stays within the memory headroom limit of {limit} ({headroom:.0%} of the maximum {maximum})"
     elif within:
         chosen = within[-1]
         rate = chosen.pages_per_s or 0.0
         reason = (
-            f"{chosen.batch_size} is the memory headroom limit ({HEADROOM:.0%} of the maximum {maximum}, "
+            f"{chosen.batch_size} is the memory headroom limit ({headroom:.0%} of the maximum {maximum}, "
             f"room for pages larger than the test page); throughput still rises up to it "
             f"({rate:.2f} pages/s here, {best_rate:.2f} at {best.batch_size})"
         )
     else:  # the limit was not measured (callers measure it; see run_probe)
-        return _with_queue(limit, None, f"{limit} is {HEADROOM:.0%} of the maximum {maximum}")
+        return _with_queue(limit, None, f"{limit} is {headroom:.0%} of the maximum {maximum}")
     return _with_queue(chosen.batch_size, chosen.pages_per_s, reason)
 
 
@@ -167,3 +168,4 @@ class ProbeResult:
     capped: bool = False  # the maximum is --max-batch, not a failure
     recommendation: Recommendation | None = None
     failure: str | None = None  # why nothing fitted
+    notes: list[str] = field(default_factory=list)  # what the maximum rests on (the vLLM mode's numbers)

@@ -1,4 +1,4 @@
-"""The probe's report: the table, the seed's recommendation block, and the `.env` lines."""
+"""The probe's report: the table, the recommendation block users of the original tool know, and the `.env` lines."""
 
 from __future__ import annotations
 
@@ -48,18 +48,19 @@ def env_lines(recommendation: Recommendation) -> dict[str, str]:
 
 
 def format_report(result: ProbeResult) -> str:
-    """The table and the seed's recommendation block."""
+    """The table and the recommendation block."""
     bar = "=" * 60
     lines = [f"Engine: {result.engine} ({result.device})", "", format_table(result.trials), ""]
     lines += [bar, "RECOMMENDATIONS", bar]
     rec = result.recommendation
     if rec is None:
-        lines.append("No batch size fits.")
+        lines += [*result.notes, "No batch size fits."]
         return "\n".join(lines)
     lines += [
         f"For {result.device}:",
         f"  Maximum safe batch size: {result.maximum}"
         + (" (the --max-batch cap; larger batches were not tried)" if result.capped else ""),
+        *(f"    {note}" for note in result.notes),
         f"  Recommended batch size: {rec.batch_size}",
         f"    ({rec.reason})",
         "",

@@ -17,6 +17,7 @@ from ocr_service.config import Settings
 from ocr_service.engines.base import Engine, EngineOutOfMemory, MemoryProbe, PageOutput, PageRequest
 from ocr_service.engines.registry import build_engine
 from ocr_service.engines.torch_support import is_out_of_memory
+from ocr_service.engines.vllm import VllmEngine
 from ocr_service.probe.curve import (
     ProbeError,
     ProbeResult,
@@ -27,9 +28,19 @@ from ocr_service.probe.curve import (
     search,
 )
 from ocr_service.probe.report import format_trial
+from ocr_service.probe.vllm_mode import run_vllm_probe
 
 GiB = 1024**3
 DEFAULT_MAX_BATCH = 256
+CPU_PAGES_PER_THREAD = 4  # RapidOCR: past a few pages per thread, more in flight only queue up
+
+
+def default_max_batch(settings: Settings) -> int:
+    """The largest batch worth trying: 256 on the GPU engines; on RapidOCR the batch size
+    only caps the pages in flight across its threads, so a few per thread is plenty."""
+    if settings.engine == "rapidocr":
+        return CPU_PAGES_PER_THREAD * settings.rapidocr_threads
+    return DEFAULT_MAX_BATCH
 
 
 def looks_like_oom(exc: BaseException) -> bool:
@@ -252,19 +263,32 @@ def run_probe(
     settings: Settings,
     image: Image.Image,
     *,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_batch: int | None = None,
     memory_limit_gb: float | None = None,
     max_tokens: int | None = None,
     repeats: int = 1,
     engine: Engine | None = None,
+    waves: int = 2,
+    confirm: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> ProbeResult:
-    """Load the engine, search for the maximum batch, measure the headroom limit, recommend."""
+    """Load the engine, search for the maximum batch, measure the headroom limit, recommend.
+
+    vLLM gets its own mode (`vllm_mode`): it sizes its memory itself, so its maximum is
+    read from its KV cache rather than searched for; `waves` and `confirm` are its.
+    """
+    max_batch = max_batch if max_batch is not None else default_max_batch(settings)
     limit = limit_gpu_memory(memory_limit_gb) if memory_limit_gb is not None else None
     if limit is not None and settings.engine == "vllm":
         # vLLM allocates in its own engine process, outside this process's torch cap:
         # its own knob is the share of the GPU it takes.
         settings = settings.model_copy(update={"gpu_memory_util": min(settings.gpu_memory_util, limit[0])})
+    if isinstance(engine, VllmEngine) or (engine is None and settings.engine == "vllm"):
+        vllm_engine = engine if isinstance(engine, VllmEngine) else None
+        return run_vllm_probe(
+            settings, image, max_batch=max_batch, max_tokens=max_tokens, waves=waves, confirm=confirm,
+            engine=vllm_engine, log=log,
+        )
     page = PageRequest.of_image(
         image.convert("RGB"),
         settings.default_prompt,

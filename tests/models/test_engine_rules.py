@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from ocr_service.config import Settings
-from ocr_service.deepseek import BOS, EOS, RANDOM_WEIGHTS_MARKER, banned_ngram_tokens, with_image_tag
+from ocr_service.deepseek import BOS, EOS, RANDOM_WEIGHTS_MARKER, banned_ngram_tokens, repeated_ngrams, with_image_tag
 from ocr_service.engines import transformers as tf_engine
 from ocr_service.engines import vllm as vllm_engine
 from ocr_service.engines.base import DecodedPage
 from ocr_service.engines.registry import build_engine
 from ocr_service.engines.torch_support import is_out_of_memory
+from ocr_service.engines.vllm_guard import GuardCheck
 from ocr_service.tiny_model import (
     SPECIAL_TOKENS,
     deepseek_ocr2_config,
@@ -85,6 +86,46 @@ def test_guard_matches_vllm_reference_rule_on_random_sequences() -> None:
         n, window = rng.randrange(2, 6), rng.randrange(5, 30)
         white = {rng.randrange(4)}
         assert banned_ngram_tokens(ids, n, window, white) == reference(ids, n, window, white)
+
+
+def test_repeats_count_what_the_guard_would_have_banned() -> None:
+    assert repeated_ngrams([5, 6, 5, 6, 5, 6], ngram_size=2, window_size=90) == 3
+    assert repeated_ngrams([5, 6, 5, 6, 5, 6], ngram_size=3, window_size=90) == 2
+    assert repeated_ngrams([5, 6, 7, 8, 9], ngram_size=2, window_size=90) == 0
+    # outside the window the old n-gram no longer counts
+    assert repeated_ngrams([1, 2, *range(10, 20), 1, 2], ngram_size=2, window_size=5) == 0
+
+
+def test_a_guarded_output_never_repeats_by_the_guards_own_rule() -> None:
+    """Greedy choice from a fixed preference order, with the guard's bans: no repeat survives."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(50):
+        preference = rng.sample(range(40), 40)
+        n, window = rng.randrange(2, 5), rng.randrange(8, 40)
+        ids: list[int] = []
+        for _ in range(60):
+            banned = banned_ngram_tokens(ids, n, window)
+            ids.append(next(token for token in preference if token not in banned))
+        assert repeated_ngrams(ids, n, window) == 0
+
+
+# -- the guard's start-up canary ----------------------------------------------
+
+
+def test_canary_verdicts() -> None:
+    loop = (7, 8) * 64
+    applied = GuardCheck(3, 128, tuple(range(128)), loop, "V1")
+    assert applied.applied and applied.conclusive and applied.guarded_repeats == 0
+    assert applied.unguarded_repeats == 124  # every token from the fifth on, as vLLM measured on the tiny model
+    ignored = GuardCheck(3, 128, loop, loop, "V2")
+    assert not ignored.applied
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in ignored.failure() and "0.20.1" in ignored.failure()
+    assert "model runner V2" in ignored.failure() and "V2 model runner does not take" in ignored.failure()
+    assert "did not register it" in GuardCheck(3, 128, loop, loop, "V1").failure()
+    proves_nothing = GuardCheck(3, 128, tuple(range(128)), tuple(range(128)))
+    assert proves_nothing.applied and not proves_nothing.conclusive
 
 
 # -- out of memory -------------------------------------------------------------
@@ -162,12 +203,61 @@ def test_vllm_engine_arguments_follow_the_recipe(tmp_path: Path) -> None:
     assert on_cpu["load_format"] == "dummy" and on_cpu["dtype"] == "float32"
 
 
+def test_vllm_attention_backends_come_from_settings_and_are_left_out_when_empty(tmp_path: Path) -> None:
+    default = vllm_engine.engine_arguments(vllm_options(model_path=str(tmp_path)), on_cpu=False)
+    assert "attention_backend" not in default and "mm_encoder_attn_backend" not in default
+    options = vllm_options(
+        model_path=str(tmp_path), vllm_attention_backend="TRITON_ATTN", vllm_mm_encoder_attention_backend="TORCH_SDPA"
+    )
+    arguments = vllm_engine.engine_arguments(options, on_cpu=False)
+    assert arguments["attention_backend"] == "TRITON_ATTN"
+    assert arguments["mm_encoder_attn_backend"] == "TORCH_SDPA"
+
+
+def test_vllm_drops_engine_arguments_its_version_lacks() -> None:
+    kept, dropped = vllm_engine.known_arguments({"model": "m", "skip_mm_profiling": True}, ["model", "dtype"])
+    assert kept == {"model": "m"} and dropped == ["skip_mm_profiling"]
+
+
 def test_vllm_sampling_is_per_page() -> None:
     options = vllm_options(ngram_size=30, window_size=90)
     arguments = vllm_engine.sampling_arguments(page(temperature=0.3, max_tokens=77), options, frozenset({11, 12}))
     assert arguments["temperature"] == 0.3 and arguments["max_tokens"] == 77
-    assert arguments["skip_special_tokens"] is False
+    assert arguments["skip_special_tokens"] is False and arguments["ignore_eos"] is False
     assert arguments["extra_args"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": {11, 12}}
+    benchmark = vllm_engine.sampling_arguments(page(), vllm_options(ignore_eos=True), frozenset())
+    assert benchmark["ignore_eos"] is True
+
+
+# vLLM's own messages (vllm/v1/engine/input_processor.py and vllm/renderers/params.py, 0.20.1 and 0.32.0).
+TOO_LONG = [
+    "The decoder prompt (length 3011) is longer than the maximum model length of 2048. Make sure that ...",
+    "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input "
+    "tokens, which exceeds this limit even without any output tokens.",
+    "This model's maximum context length is 2048 tokens. However, you requested 16 output tokens and your "
+    "prompt contains 3011 input tokens, for a total of 3027 tokens.",
+]
+
+
+@pytest.mark.parametrize("message", TOO_LONG)
+def test_a_page_too_long_for_the_context_names_the_setting(message: str) -> None:
+    error = vllm_engine.page_error(ValueError(message))
+    assert "OCR_MAX_MODEL_LEN=2048" in str(error) and message[:40] in str(error)
+    assert str(vllm_engine.page_error(RuntimeError("boom"))) == "vLLM failed: boom"
+
+
+def test_a_refused_guard_at_start_names_the_fix() -> None:
+    # vLLM 0.32 with the V2 runner (vllm/v1/worker/gpu/sample/logits_processor/loader.py) and 0.20.1 with
+    # VLLM_USE_V2_MODEL_RUNNER=1 (vllm/config/vllm.py)
+    for message in (
+        "NGramPerReqLogitsProcessor is not a subclass of vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor",
+        "VLLM_USE_V2_MODEL_RUNNER does not yet support: custom logits processors",
+    ):
+        wrapped = RuntimeError("start failed")
+        wrapped.__cause__ = ValueError(message)
+        explained = vllm_engine.start_error(wrapped)
+        assert explained is not None and "VLLM_USE_V2_MODEL_RUNNER=0" in str(explained)
+    assert vllm_engine.start_error(RuntimeError("no GPU")) is None
 
 
 def test_vllm_output_reports_finish_reason_and_drops_eos() -> None:

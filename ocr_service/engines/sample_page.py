@@ -1,4 +1,4 @@
-"""The probe's default page: a rendered A4 text page with a table."""
+"""The probe's pages and the warm-up page: a rendered A4 text page with a table, and the tallest strip Gundam cuts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-A4_AT_144_DPI = (1191, 1684)  # the upstream scripts rasterise PDFs at 144 dpi (DESIGN.md section 5)
+A4_AT_144_DPI = (1191, 1684)  # DeepSeek's own scripts rasterise PDFs at 144 dpi
 
 _PARAGRAPH = (
     "The service accepts images and PDF documents, places every page in a bounded queue and groups "
@@ -47,6 +47,22 @@ def render_test_page(size: tuple[int, int] = A4_AT_144_DPI) -> Image.Image:
     while y < height - 200:
         y = _draw_wrapped(draw, words, (margin, y), width - 2 * margin, body) + 24
     draw.text((margin, height - 90), "Page 1 of 1    Confidential", fill="gray", font=body)
+    return image
+
+
+# A page 1 wide and 6 tall in 640 px tiles: Gundam cuts it into the most tiles it makes
+# (6, its maximum, in the layout with the most tokens): 933 image tokens in vLLM's
+# DeepSeek-OCR processor, against 903 for an A4 page.
+TALL_PAGE = (640, 3840)
+
+
+def render_tall_page(size: tuple[int, int] = TALL_PAGE) -> Image.Image:
+    """The worst page for the context: a receipt-like strip of text lines."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    body = ImageFont.load_default(size=22)
+    for y in range(60, size[1] - 60, 34):
+        draw.text((40, y), f"Item {y // 34:03d}    1 x 12.50    12.50", fill="black", font=body)
     return image
 
 
