@@ -59,6 +59,8 @@ class Replica:
     tokenize_status: int = 200
     table_cell_ids: tuple[int, int] = (265, 266)
     finish_reason: str = "stop"
+    guard_applied: bool = True  # started with the n-gram logits processor (on a V1 model runner)
+    canaries: int = 0
     url: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -67,6 +69,8 @@ class Replica:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def chat(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if body.get("return_token_ids"):
+            return self.canary(body)
         with self.lock:
             self.requests.append(body)
             self.headers.append(headers)
@@ -83,6 +87,17 @@ class Replica:
             "choices": [{"message": {"content": f"read by {self.name}{EOS}"}, "finish_reason": self.finish_reason}],
             "usage": {"prompt_tokens": 300, "completion_tokens": 7},
         }
+
+
+    def canary(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The guard's canary: a model that loops unless the request's n-gram rule is applied."""
+        with self.lock:
+            self.canaries += 1
+        count = body["max_tokens"]
+        applied = self.guard_applied and "vllm_xargs" in body and body.get("ignore_eos") is True
+        ids = list(range(10, 10 + count)) if applied else [5, 6] * (count // 2)
+        choice = {"message": {"content": "x"}, "finish_reason": "length", "token_ids": ids}
+        return 200, {"choices": [choice], "usage": {"prompt_tokens": 280, "completion_tokens": count}}
 
 
 @contextlib.contextmanager
@@ -108,7 +123,8 @@ def serving(replica: Replica) -> Iterator[Replica]:
                 token_id = replica.table_cell_ids[0 if body["prompt"] == "<td>" else 1]
                 self._answer(200, {"count": 1, "max_model_len": 2048, "tokens": [token_id]})
             elif self.path == "/v1/chat/completions":
-                if replica.drop_connection or replica.dropped < replica.drop_first:
+                canary = body.get("return_token_ids") is True
+                if not canary and (replica.drop_connection or replica.dropped < replica.drop_first):
                     replica.dropped += 1
                     self.close_connection = True  # a killed server: the socket closes, no answer
                     return
@@ -324,6 +340,19 @@ async def test_a_lone_replica_gets_the_retry_once_it_is_healthy_again() -> None:
     assert isinstance(outcome, PageOutput) and outcome.text == "read by only"
     assert (only.dropped, len(only.requests)) == (1, 1)
     assert (state.state, state.errors, state.pages_done) == ("up", 1, 1)
+    assert only.canaries == 4  # checked again when it came back
+
+
+async def test_a_replica_that_does_not_apply_the_guard_takes_no_page_and_says_how_to_fix_it() -> None:
+    with replicas(Replica("a", guard_applied=False), Replica("b")) as (a, b):
+        async with loaded(options(a.url, b.url)) as engine:
+            await run_all(engine, pages(4))
+            refused, _ = engine.replica_states()
+    assert (len(a.requests), len(b.requests)) == (0, 4)
+    assert (a.canaries, b.canaries) == (2, 2)  # one page with the rule, one without
+    assert refused.state == "down" and refused.last_error is not None
+    assert "does not apply DeepSeek-OCR's n-gram repetition guard" in refused.last_error
+    assert "--logits_processors" in refused.last_error and "VLLM_USE_V2_MODEL_RUNNER=0" in refused.last_error
 
 
 async def test_a_down_replica_comes_back_when_its_health_check_passes() -> None:
@@ -340,6 +369,7 @@ async def test_a_down_replica_comes_back_when_its_health_check_passes() -> None:
             await run_all(engine, pages(4))
     assert (len(a.requests), len(b.requests)) == (2, 4)
     assert a.requests[0]["model"] == "model-a"  # learnt when it came up
+    assert a.canaries == 2  # and checked then
 
 
 async def test_one_failed_health_check_is_asked_again_before_the_replica_counts_as_down() -> None:

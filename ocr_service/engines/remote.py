@@ -8,15 +8,20 @@ text part with the prompt minus its `<image>` tag (vLLM's chat template for
 DeepSeek-OCR puts `<image>` and a newline before the text, which gives exactly the
 plain prompt the model expects). The sampling follows vLLM's DeepSeek-OCR recipe:
 special tokens kept, and the n-gram guard's settings in `vllm_xargs`, with the
-`<td>`/`</td>` ids asked of each replica's own tokenizer.
+`<td>`/`</td>` ids asked of each replica's own tokenizer. A replica silently ignores
+`vllm_xargs` it has no processor for (started without `--logits_processors`, or on
+vLLM's V2 model runner), so before a replica takes pages, each time it comes up, the
+guard's canary (`vllm_guard`) runs on it, and a replica that does not apply the guard
+stays down with an error that says how to start it.
 
 Routing: a page goes to the up replica with the fewest pages in flight (by our own
 counters; ties to the one picked least recently), never past `max_pages_per_replica`
 in flight on one replica; pages wait here while every replica is full. A replica
 that does not answer (refused, reset, timed out, 5xx) is marked down and the page is
 tried once more elsewhere; a 4xx is the page's own error. A background task checks
-every replica's `/health` every `health_interval` seconds: it marks an up replica down
-after two failed checks in a row, and brings a down one back when it answers. The task and the HTTP clients belong to the event loop that
+every replica's `/health` every `health_interval` seconds (one task per replica): it
+marks an up replica down after two failed checks in a row, and brings a down one back
+when it answers and passes the canary. The task and the HTTP clients belong to the event loop that
 runs the first batch: `load` (a worker thread) checks the replicas with clients of
 its own, so until the first batch `replica_states` shows what `load` found.
 """
@@ -36,10 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
+from PIL import Image
 
 from ocr_service.deepseek import TABLE_CELL_TOKENS, without_image_tag
 from ocr_service.engines.base import EngineError, PageOutcome, PageOutput, PageRequest, decode
 from ocr_service.engines.vllm import page_output
+from ocr_service.engines.vllm_guard import CANARY_NGRAM, CANARY_PROMPT, CANARY_SIDE, CANARY_TOKENS, GuardCheck
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,11 @@ HEALTH_TIMEOUT = 10.0  # a replica busy on a CPU may take a moment to answer
 # ReadError that marked a healthy replica down, seen with health checks every 5 s). Idle
 # connections are dropped well before the server's limit instead.
 KEEPALIVE_EXPIRY = 2.0
+REPLICA_GUARD_FIX = (
+    "Start `vllm serve` with --logits_processors vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor "
+    "and, on vLLM 0.32, VLLM_USE_V2_MODEL_RUNNER=0 in its environment (it picks the V2 model runner on GPUs, which "
+    "does not take that processor)."
+)
 PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 is ~30 ms for an A4 page, level 6 ~40 ms
 
 
@@ -112,9 +124,14 @@ class _Replica:
     errors: int = 0
     last_error: str | None = None
     last_pick: int = 0
+    # Learnt from the replica each time it comes up (it may have been restarted differently).
     model: str | None = None
     table_cell_ids: tuple[int, ...] | None = None
+    guard: GuardCheck | None = None
     client: httpx.AsyncClient | None = None
+
+    def forget(self) -> None:
+        self.model = self.table_cell_ids = self.guard = None
 
     def state(self) -> ReplicaState:
         return ReplicaState(
@@ -147,7 +164,7 @@ class RemoteEngine:
         self._picks = 0
         self._changed: asyncio.Event | None = None  # replaced on every change: a broadcast
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
 
     # -- life ------------------------------------------------------------------
@@ -190,10 +207,10 @@ class RemoteEngine:
             done.result(timeout=30)
 
     async def _shutdown(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers = []
         for replica in self._replicas:
             if replica.client is not None:
                 await replica.client.aclose()
@@ -217,7 +234,7 @@ class RemoteEngine:
         self._changed = asyncio.Event()
         for replica in self._replicas:
             replica.client = self._new_client(replica.url)
-        self._watcher = self._loop.create_task(self._watch(), name="remote-replica-health")
+            self._watchers.append(self._loop.create_task(self._watch(replica), name=f"health {replica.url}"))
 
     def _new_client(self, url: str) -> httpx.AsyncClient:
         slots = self.options.max_pages_per_replica + 2  # the pages, a health check, a tokenize
@@ -231,13 +248,15 @@ class RemoteEngine:
 
     # -- health ----------------------------------------------------------------
 
-    async def _watch(self) -> None:
+    async def _watch(self, replica: _Replica) -> None:
         while True:
             await asyncio.sleep(self.options.health_interval)
-            checks = [self._check(replica, replica.client) for replica in self._replicas if replica.client is not None]
-            for outcome in await asyncio.gather(*checks, return_exceptions=True):
-                if isinstance(outcome, Exception):  # a bug must not stop the checks for good
-                    logger.error("replica health check failed: %r", outcome)
+            if replica.client is None:
+                return
+            try:
+                await self._check(replica, replica.client)
+            except Exception:  # a bug must not stop the checks for good
+                logger.exception("health check of %s failed", replica.url)
 
     async def _check(self, replica: _Replica, client: httpx.AsyncClient) -> None:
         """One health check; an up replica that fails it is asked once more before it counts as down."""
@@ -249,14 +268,22 @@ class RemoteEngine:
                 logger.warning("replica %s is down: %s", replica.url, error)
             replica.up = False
             replica.last_error = error
+            replica.forget()
             self._notify()
         elif not replica.up:
-            logger.info("replica %s is up: model %s, <td>/</td> ids %s", replica.url, replica.model, replica.table_cell_ids)
+            logger.info(
+                "replica %s is up: model %s, <td>/</td> ids %s, n-gram guard %s",
+                replica.url,
+                replica.model,
+                replica.table_cell_ids,
+                replica.guard.summary() if replica.guard is not None else "not checked",
+            )
             replica.up = True
             self._notify()
 
     async def _probe(self, replica: _Replica, client: httpx.AsyncClient) -> str | None:
-        """`GET /health`; a replica seen for the first time also tells its model and ids. The error, or None."""
+        """`GET /health`; a replica coming up also tells its model and ids, and runs the
+        guard's canary. The error, or None."""
         try:
             response = await client.get("/health", timeout=HEALTH_TIMEOUT)
             if response.status_code != 200:
@@ -265,9 +292,50 @@ class RemoteEngine:
                 replica.model = self.options.model or await _served_model(client)
             if replica.table_cell_ids is None:
                 replica.table_cell_ids = await _table_cell_ids(client, replica.model)
+            if replica.guard is None:
+                replica.guard = await self._check_guard(client, replica.model)
         except (httpx.HTTPError, ReplicaFailed, ValueError, KeyError, TypeError, IndexError) as exc:
             return _describe(exc)
         return None
+
+    async def _check_guard(self, client: httpx.AsyncClient, model: str) -> GuardCheck:
+        """The canary on one replica: a blank page twice, greedily past EOS, with and without
+        a small n-gram rule. Raises `ReplicaFailed` where the guard is not applied."""
+        image = await asyncio.to_thread(encode_page, PageRequest.of_image(Image.new("RGB", (CANARY_SIDE,) * 2, "white"), ""))
+        assert isinstance(image, EncodedPage)
+        rule = (CANARY_NGRAM, CANARY_TOKENS)
+
+        async def generate(ngram: tuple[int, int] | None) -> tuple[int, ...]:
+            body = chat_request(
+                model=model,
+                prompt=CANARY_PROMPT,
+                image_uri=image.data_uri,
+                temperature=0.0,
+                max_tokens=CANARY_TOKENS,
+                ngram_size=ngram[0] if ngram else 0,
+                window_size=ngram[1] if ngram else 0,
+                table_cell_ids=(),
+                ignore_eos=True,
+            )
+            if ngram is None:
+                del body["vllm_xargs"]
+            body["return_token_ids"] = True
+            response = await client.post("/v1/chat/completions", json=body)
+            if response.status_code != 200:
+                raise ReplicaFailed(f"the n-gram guard's canary failed: HTTP {response.status_code}: {_error_message(response)}")
+            return tuple(int(token) for token in response.json()["choices"][0]["token_ids"])
+
+        guarded, unguarded = await asyncio.gather(generate(rule), generate(None))
+        check = GuardCheck(CANARY_NGRAM, CANARY_TOKENS, guarded, unguarded)
+        if not check.applied:
+            raise ReplicaFailed(
+                f"it does not apply DeepSeek-OCR's n-gram repetition guard: the canary repeated {check.guarded_repeats} "
+                f"{CANARY_NGRAM}-grams in {len(guarded)} tokens with the guard's rule in the request, so hard pages "
+                f"would loop to max_tokens. {REPLICA_GUARD_FIX}"
+            )
+        if not check.conclusive:
+            logger.warning("n-gram guard check inconclusive on %s: %s", client.base_url, check.summary())
+        return check
 
     def _mark_down(self, replica: _Replica, error: str) -> None:
         replica.errors += 1
@@ -275,6 +343,7 @@ class RemoteEngine:
         if replica.up:
             logger.warning("replica %s is down: %s", replica.url, error)
             replica.up = False
+            replica.forget()  # it may come back as another process: learn and check it again
         self._notify()
 
     def _notify(self) -> None:

@@ -77,6 +77,7 @@ class VllmReplica:
     core: int
     log_path: Path
     max_num_seqs: int = 4
+    logits_processors: bool = True  # False: a replica started without the n-gram guard
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -90,9 +91,12 @@ class VllmReplica:
             "--skip-mm-profiling", "--max-model-len", "2048", "--max-num-seqs", str(self.max_num_seqs),
             "--limit-mm-per-prompt", json.dumps({"image": 1}),
             "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0",
-            "--logits_processors", "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor",
             "--host", "127.0.0.1", "--port", str(self.port), "--disable-uvicorn-access-log",
-        ]  # fmt: skip
+        ] + (
+            ["--logits_processors", "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"]
+            if self.logits_processors
+            else []
+        )  # fmt: skip
 
     def start(self) -> None:
         env = {
@@ -155,6 +159,17 @@ class VllmReplica:
 
     def requests_done(self) -> int:
         return int(self.metric("vllm:request_success_total"))
+
+    def requests_with_max_tokens_up_to(self, limit: int) -> int:
+        """Requests whose max_tokens was at most `limit` (a bucket of vLLM's histogram: 1, 2, 5, 10, 20, ...):
+        tells pages with a small max_tokens from the n-gram guard's 128-token canary."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return int(sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "vllm:request_params_max_tokens_bucket" and float(sample.labels["le"]) == limit
+        ))  # fmt: skip
 
     def rss_gib(self) -> float:
         """Resident memory of the replica's processes (server, engine, helpers)."""

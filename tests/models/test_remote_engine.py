@@ -3,8 +3,9 @@
 The replicas start once for the module (about a minute and ~5 GB each; one CPU core
 each) and a real service process (`run_service.py`) routes uploads to them. The tests
 run in file order: uploads spread over both replicas; a replica killed mid-run loses
-no page; a replica that comes back is used again. Request counts are read from each
-replica's own Prometheus `/metrics`, so they do not depend on the router's word.
+no page; a replica that comes back is checked (one without the n-gram guard is kept
+out) and used again. Request counts are read from each replica's own Prometheus
+`/metrics`, so they do not depend on the router's word.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ pytestmark = needs_vllm
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 PER_REPLICA = 2  # OCR_BATCH_SIZE: pages in flight on each replica
+MAX_TOKENS = 8  # per page; the guard's canary asks 128, so vLLM's max_tokens histogram tells them apart
 NEEDED_GIB = 12  # two replicas at ~5 GB each, and the service
 
 
@@ -58,7 +60,7 @@ def service(replicas: tuple[VllmReplica, VllmReplica], tmp_path_factory: pytest.
         "OCR_ENGINE": "remote",
         "OCR_REMOTE_URLS": ",".join(replica.url for replica in replicas),
         "OCR_BATCH_SIZE": str(PER_REPLICA),
-        "OCR_DEFAULT_MAX_TOKENS": "8",
+        "OCR_DEFAULT_MAX_TOKENS": str(MAX_TOKENS),
         "OCR_REMOTE_STARTUP_TIMEOUT": "120",
         "OCR_MAX_QUEUE_SIZE": "200",
     }
@@ -75,6 +77,11 @@ def upload_pages(url: str, count: int, seed: int = 0) -> list[str]:
         assert response.status_code == 202, response.text
         ids.append(response.json()["task_id"])
     return ids
+
+
+def pages_served(replica: VllmReplica) -> int:
+    """Pages the replica has answered since it started (not the canary's requests)."""
+    return replica.requests_with_max_tokens_up_to(10)
 
 
 def wait_all(url: str, ids: list[str], timeout: float = 900) -> list[dict]:
@@ -108,25 +115,27 @@ def test_the_chat_message_renders_as_the_plain_deepseek_prompt(replicas: tuple[V
 
 
 def test_uploads_spread_over_both_replicas(replicas: tuple[VllmReplica, VllmReplica], service: ServiceProcess) -> None:
-    before = [replica.requests_done() for replica in replicas]
+    before = [pages_served(replica) for replica in replicas]
     started = time.monotonic()
     ids = upload_pages(service.url, 16)
     done = wait_all(service.url, ids)
     elapsed = time.monotonic() - started
     assert [task["status"] for task in done] == ["completed"] * 16, [t for t in done if t["status"] != "completed"]
     assert all(task["pages"][0]["finish_reason"] in ("stop", "length") for task in done)
-    served = [replica.requests_done() - count for replica, count in zip(replicas, before, strict=True)]
+    served = [pages_served(replica) - count for replica, count in zip(replicas, before, strict=True)]
     print(f"\n16 pages in {elapsed:.0f} s; per replica {served}")
     assert sum(served) == 16
     assert 0.4 <= served[0] / 16 <= 0.6, served
     log = service.log_path.read_text()
     # Each replica told the engine its own <td>/</td> ids (the tiny tokenizer's, not the published ones).
     assert log.count("<td>/</td> ids (265, 266)") == 2, log[-3000:]
+    # And each passed the n-gram guard's canary (random weights loop at once without it).
+    assert log.count("3-gram repeats in 128 tokens: 0 with the guard's rule") == 2, log[-3000:]
 
 
 def test_a_replica_killed_mid_run_loses_no_page(replicas: tuple[VllmReplica, VllmReplica], service: ServiceProcess) -> None:
     survivor, victim = replicas
-    before = survivor.requests_done()
+    before = pages_served(survivor)
     ids = upload_pages(service.url, 12, seed=100)
     deadline = time.monotonic() + 300
     while victim.metric("vllm:num_requests_running") < 1:  # kill it while it holds pages
@@ -136,20 +145,33 @@ def test_a_replica_killed_mid_run_loses_no_page(replicas: tuple[VllmReplica, Vll
     done = wait_all(service.url, ids)
     assert [task["status"] for task in done] == ["completed"] * 12, [t for t in done if t["status"] != "completed"]
     # The survivor read the pages the victim had not finished, retried ones included.
-    assert survivor.requests_done() - before >= 6
+    assert pages_served(survivor) - before >= 6
     assert f"replica {victim.url} is down" in service.log_path.read_text()
 
 
-def test_a_replica_that_comes_back_is_used_again(replicas: tuple[VllmReplica, VllmReplica], service: ServiceProcess) -> None:
+def test_a_replica_that_comes_back_is_checked_and_used_again(
+    replicas: tuple[VllmReplica, VllmReplica], service: ServiceProcess
+) -> None:
     _, returning = replicas
     if returning.running:  # the previous test did not run alone: take it down here
         returning.kill()
         wait_for_log(service, f"replica {returning.url} is down", 1, timeout=60)
-    ups_before = service.log_path.read_text().count(f"replica {returning.url} is up")
+    # First it comes back without the n-gram guard: the canary keeps it out.
+    returning.logits_processors = False
     returning.start()
     returning.wait_healthy()
-    wait_for_log(service, f"replica {returning.url} is up", ups_before + 1, timeout=60)
+    wait_for_log(service, "does not apply DeepSeek-OCR's n-gram repetition guard", 1, timeout=300)
+    ids = upload_pages(service.url, 4, seed=300)
+    assert [task["status"] for task in wait_all(service.url, ids)] == ["completed"] * 4
+    assert pages_served(returning) == 0  # healthy, but not one page went to it
+    returning.stop()
+    # Then as it should be.
+    ups_before = service.log_path.read_text().count(f"replica {returning.url} is up")
+    returning.logits_processors = True
+    returning.start()
+    returning.wait_healthy()
+    wait_for_log(service, f"replica {returning.url} is up", ups_before + 1, timeout=300)
     ids = upload_pages(service.url, 8, seed=200)
     done = wait_all(service.url, ids)
     assert [task["status"] for task in done] == ["completed"] * 8
-    assert returning.requests_done() >= 2  # a fresh process: every count is since it came back
+    assert pages_served(returning) >= 2  # a fresh process: every count is since it came back
