@@ -343,13 +343,24 @@ async def test_a_lone_replica_gets_the_retry_once_it_is_healthy_again() -> None:
     assert only.canaries == 4  # checked again when it came back
 
 
-async def test_a_replica_that_does_not_apply_the_guard_takes_no_page_and_says_how_to_fix_it() -> None:
-    with replicas(Replica("a", guard_applied=False), Replica("b")) as (a, b):
-        async with loaded(options(a.url, b.url)) as engine:
-            await run_all(engine, pages(4))
+async def test_a_replica_that_does_not_apply_the_guard_takes_no_page_and_says_how_to_fix_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with replicas(Replica("a", health=503, guard_applied=False), Replica("b")) as (a, b), caplog.at_level(logging.INFO):
+        async with loaded(options(a.url, b.url, health_interval=0.1)) as engine:
+            await run_all(engine, pages(2))
+            a.health = 200  # it starts answering, without the guard
+            deadline = time.monotonic() + 5
+            while a.canaries < 4:  # refused, then asked again at the next checks
+                assert time.monotonic() < deadline, "the canary never ran"
+                await asyncio.sleep(0.05)
+            await run_all(engine, pages(2))
             refused, _ = engine.replica_states()
     assert (len(a.requests), len(b.requests)) == (0, 4)
-    assert (a.canaries, b.canaries) == (2, 2)  # one page with the rule, one without
+    assert b.canaries == 2  # one page with the rule, one without
+    # Said once when the reason changed (503, then the canary), not at every check.
+    said = [r.message for r in caplog.records if "does not apply DeepSeek-OCR's n-gram" in r.message]
+    assert len(said) == 1 and said[0].startswith(f"replica {a.url} is not ready")
     assert refused.state == "down" and refused.last_error is not None
     assert "does not apply DeepSeek-OCR's n-gram repetition guard" in refused.last_error
     assert "--logits_processors" in refused.last_error and "VLLM_USE_V2_MODEL_RUNNER=0" in refused.last_error

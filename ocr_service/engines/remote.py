@@ -266,6 +266,8 @@ class RemoteEngine:
         if error is not None:
             if replica.up:
                 logger.warning("replica %s is down: %s", replica.url, error)
+            elif error != replica.last_error:  # a new reason (say, it answers now but fails the canary)
+                logger.warning("replica %s is not ready: %s", replica.url, error)
             replica.up = False
             replica.last_error = error
             replica.forget()
