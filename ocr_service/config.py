@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -11,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ocr_service.deepseek import DEFAULT_PROMPT
 
-EngineName = Literal["rapidocr", "vllm", "transformers", "fake"]
+EngineName = Literal["rapidocr", "vllm", "transformers", "remote", "fake"]
 
 
 class Settings(BaseSettings):
@@ -114,6 +115,13 @@ class Settings(BaseSettings):
     # RapidOCR engine
     rapidocr_threads: int = Field(2, ge=1, le=64)
 
+    # Remote engine: `vllm serve` replicas (OCR_BATCH_SIZE is each replica's page cap)
+    remote_urls: str = ""  # comma-separated base URLs, e.g. http://gpu1:8000,http://gpu2:8000
+    remote_timeout: float = Field(600, gt=0)  # seconds one replica gets for one page
+    remote_startup_timeout: float = Field(600, gt=0)  # seconds to wait for a healthy replica
+    remote_model: str = ""  # the served model name; empty = ask each replica's /v1/models
+    remote_api_key: SecretStr = SecretStr("")  # sent as a Bearer token (vllm serve --api-key)
+
     @field_validator("engine_workers", mode="before")
     @classmethod
     def _empty_means_automatic(cls, value: object) -> object:
@@ -146,11 +154,38 @@ class Settings(BaseSettings):
         # `.env` files and shells pass "\n" literally (OCR_DEFAULT_PROMPT=<image>\nFree OCR.).
         return value.replace("\\n", "\n")
 
+    @field_validator("remote_urls", mode="after")
+    @classmethod
+    def _check_remote_urls(cls, value: str) -> str:
+        urls = [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        seen: set[tuple[str, str, str]] = set()
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+            if parts.query or parts.fragment or parts.path.endswith("/v1"):
+                raise ValueError(f"{url!r}: give the server's base URL (http://host:8000), without /v1 or a query")
+            key = (parts.scheme, parts.netloc.lower(), parts.path)
+            if key in seen:
+                raise ValueError(f"{url!r} is listed twice")
+            seen.add(key)
+        return ",".join(urls)
+
     @model_validator(mode="after")
     def _check_window(self) -> Settings:
         if self.window_size < self.ngram_size:
             raise ValueError("OCR_WINDOW_SIZE must be at least OCR_NGRAM_SIZE")
         return self
+
+    @model_validator(mode="after")
+    def _check_remote(self) -> Settings:
+        if self.engine == "remote" and not self.remote_urls:
+            raise ValueError("OCR_ENGINE=remote needs OCR_REMOTE_URLS (comma-separated vllm serve base URLs)")
+        return self
+
+    @property
+    def remote_url_list(self) -> tuple[str, ...]:
+        return tuple(url for url in self.remote_urls.split(",") if url)
 
     @property
     def url_allowed_host_set(self) -> frozenset[str]:

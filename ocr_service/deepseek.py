@@ -69,6 +69,18 @@ def with_image_tag(prompt: str) -> str:
     return prompt if IMAGE_TAG in prompt else f"{IMAGE_TAG}\n{prompt}"
 
 
+def without_image_tag(prompt: str) -> str:
+    """The prompt's text alone, for `vllm serve`'s chat API, which places the image itself.
+
+    vLLM's chat template for DeepSeek-OCR renders an image part and a text part as
+    `<image>`, a newline and the text, so this inverts `with_image_tag`.
+
+    >>> without_image_tag("<image>\\n<|grounding|>OCR this image.")
+    '<|grounding|>OCR this image.'
+    """
+    return prompt.replace(IMAGE_TAG, "").removeprefix("\n")
+
+
 def uses_random_weights(model_path: str) -> bool:
     """Whether `model_path` is a folder without a checkpoint (see RANDOM_WEIGHTS_MARKER)."""
     return (Path(model_path) / RANDOM_WEIGHTS_MARKER).is_file()

@@ -45,3 +45,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if root.level > logging.DEBUG:  # httpx logs every request at INFO (replica health checks: one every few seconds)
+        logging.getLogger("httpx").setLevel(logging.WARNING)

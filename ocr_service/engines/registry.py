@@ -19,6 +19,7 @@ from ocr_service.config import EngineName, Settings
 from ocr_service.engines.base import BatchEngine, Engine
 from ocr_service.engines.fake import FakeEngine
 from ocr_service.engines.rapidocr import RapidOcrEngine
+from ocr_service.engines.remote import RemoteEngine, RemoteOptions
 from ocr_service.engines.transformers import TransformersEngine, TransformersOptions
 from ocr_service.engines.vllm import VllmEngine, VllmOptions
 from ocr_service.engines.workers import WorkerOptions, WorkerPool
@@ -70,6 +71,22 @@ def _transformers(settings: Settings) -> Engine:
     )
 
 
+def _remote(settings: Settings) -> Engine:
+    return RemoteEngine(
+        RemoteOptions(
+            urls=settings.remote_url_list,
+            max_pages_per_replica=settings.batch_size,
+            page_timeout=settings.remote_timeout,
+            startup_timeout=settings.remote_startup_timeout,
+            ngram_size=settings.ngram_size,
+            window_size=settings.window_size,
+            model=settings.remote_model or None,
+            api_key=settings.remote_api_key.get_secret_value() or None,
+            ignore_eos=settings.ignore_eos,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class EngineEntry:
     build: Callable[[Settings], Engine]
@@ -85,6 +102,7 @@ ENGINES: dict[EngineName, EngineEntry] = {
     "transformers": EngineEntry(
         _transformers, True, TransformersEngine.max_batches_in_flight, issubclass(TransformersEngine, BatchEngine)
     ),
+    "remote": EngineEntry(_remote, False, RemoteEngine.max_batches_in_flight, False),
 }
 
 
