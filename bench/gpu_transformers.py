@@ -68,9 +68,9 @@ def spread(values: list[float]) -> dict[str, float]:
 # -- 1. the engine alone --------------------------------------------------------------
 
 
-async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: int) -> dict[str, Any]:
+async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: int, warmup: int) -> dict[str, Any]:
     options = TransformersOptions(
-        str(model_dir), "gundam", 30, 90, ignore_eos=True, warmup_batch=batch, warmup_tokens=32
+        str(model_dir), "gundam", 30, 90, ignore_eos=True, warmup_batch=batch, warmup_tokens=warmup
     )
     engine = TransformersEngine(options)
     started = time.perf_counter()
@@ -88,7 +88,7 @@ async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: in
     upcoming = requests(0)
     for number in range(batches + 1):
         current, upcoming = upcoming, requests(number + 1)
-        engine.prefetch(upcoming)  # the batcher hints the next batch while this one runs
+        engine.prefetch([upcoming])  # the batcher hints the next batch while this one runs
         began = time.perf_counter()
         outcomes = [outcome async for _, outcome in engine.run(current)]
         if number:  # the first batch is left out
@@ -115,7 +115,7 @@ async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: in
 class Service:
     """`run_service.py` on the transformers engine in worker processes, on a loopback port."""
 
-    def __init__(self, model_dir: Path, batch: int, new_tokens: int, devices: str, log: Path) -> None:
+    def __init__(self, model_dir: Path, batch: int, new_tokens: int, warmup: int, devices: str, log: Path) -> None:
         self.port = 18000 + os.getpid() % 1000
         self.url = f"http://127.0.0.1:{self.port}"
         env = {key: value for key, value in os.environ.items() if not key.startswith("OCR_")}
@@ -127,6 +127,7 @@ class Service:
             OCR_BATCH_POLICY="timeout",
             OCR_BATCH_TIMEOUT="2.0",
             OCR_DEFAULT_MAX_TOKENS=str(new_tokens),
+            OCR_WARMUP_TOKENS=str(warmup),
             OCR_IGNORE_EOS="true",
             OCR_MAX_QUEUE_SIZE="1000",
             # The clients stand for up to 300 users but share one address, over the default 64 connections each.
@@ -233,6 +234,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", type=int, default=8, help="measured batches per figure (the first is extra)")
     parser.add_argument("--gpus", type=int, default=1, help="2: also a service with a worker on each of two GPUs")
+    parser.add_argument(
+        "--warmup-tokens", type=int, help="OCR_WARMUP_TOKENS of the engine and the service (default: --new-tokens)"
+    )
     parser.add_argument("--tiny", action="store_true", help="the tiny model (a CPU dry run of this script)")
     parser.add_argument(
         "--parts",
@@ -242,6 +246,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    if args.warmup_tokens is None:
+        args.warmup_tokens = args.new_tokens
 
     import torch
     import transformers
@@ -252,6 +258,7 @@ def main() -> None:
         "what": "DeepSeek-OCR-2 published dimensions, random weights, transformers engine, gundam mode, A4 page",
         "batch": args.batch,
         "new_tokens": args.new_tokens,
+        "warmup_tokens": args.warmup_tokens,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
         "gpus_visible": torch.cuda.device_count(),
         "torch": torch.__version__,
@@ -280,11 +287,14 @@ def main() -> None:
     log = args.out.with_suffix(".service.log")
 
     if "engine" in parts:
-        attempt("engine_alone", lambda: asyncio.run(engine_alone(model_dir, args.batch, args.batches, args.new_tokens)))
+        attempt(
+            "engine_alone",
+            lambda: asyncio.run(engine_alone(model_dir, args.batch, args.batches, args.new_tokens, args.warmup_tokens)),
+        )
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     def on_service(devices: str, measure: Callable[[str], Any]) -> Any:
-        service = Service(model_dir, args.batch, args.new_tokens, devices, log)
+        service = Service(model_dir, args.batch, args.new_tokens, args.warmup_tokens, devices, log)
         try:
             ready_s = service.wait_ready()
             return {"ready_s": round(ready_s, 1), **measure(service.url)}

@@ -317,3 +317,55 @@ async def test_a_hinted_page_that_is_cancelled_is_dropped() -> None:
     finished = {id(job) for job, _ in rig.sink.finished}
     assert id(jobs[5]) not in finished and len(finished) == 7
     assert all(isinstance(outcome, PageOutput) for _, outcome in rig.sink.finished)
+
+
+class BarrierEngine(FakeEngine):
+    """Each page's preparation waits until `parties` pages are being prepared at once."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=5)
+        self.waited_alone = False
+
+    def prepare_page(self, page: DecodedPage) -> None:
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:  # the pages came one by one
+            self.waited_alone = True
+
+
+async def test_a_batch_nobody_hinted_is_prepared_on_all_the_preparing_threads() -> None:
+    engine = BarrierEngine(parties=FakeEngine.prepare_threads)
+    pages = [keyed_job(seed, Clock()).request for seed in range(FakeEngine.prepare_threads)]
+    try:
+        outcomes = [outcome async for _, outcome in engine.run(pages)]
+    finally:
+        engine.close()
+    assert not engine.waited_alone
+    assert len(outcomes) == len(pages) and all(isinstance(outcome, PageOutput) for outcome in outcomes)
+
+
+class TwoInstanceEngine(GatedEngine):
+    """A gated engine that counts as two instances (two workers), recording each hint."""
+
+    instances = 2
+    max_batches_in_flight = 2
+
+    def __init__(self) -> None:
+        super().__init__(expected=0)
+        self.hints: list[list[list[str]]] = []
+
+    def prefetch(self, batches: Sequence[Sequence[PageRequest]]) -> None:
+        self.hints.append([[page.key for page in batch] for batch in batches])
+
+
+async def test_an_engine_of_two_instances_is_hinted_one_batch_for_each() -> None:
+    engine = TwoInstanceEngine()
+    async with Rig(engine, batch_size=4, policy="adaptive") as rig:
+        jobs = [keyed_job(seed, rig.clock) for seed in range(16)]
+        rig.put(*jobs)
+        await rig.settle()  # two batches run (one per instance), eight pages wait
+        keys = [page_job.request.key for page_job in jobs]
+        assert engine.hints[-1] == [keys[8:12], keys[12:16]]
+        engine.go.set()
+        await rig.sink.wait_for(16)

@@ -194,7 +194,7 @@ class Batcher:
                     self._launch(self.queue.take(room))
                     await asyncio.sleep(0)  # the batch reaches its engine before the next one is hinted
                     continue
-                self._hint_next_batch()
+                self._hint_next_batches()
                 await self._sleep_until_woken(None if room <= 0 else delay)
         finally:
             for batch in self._batches:
@@ -215,10 +215,13 @@ class Batcher:
             return 0
         return max(0, min(self.cap.value, self.cap.value * self._instances - len(self._in_flight)))
 
-    def _hint_next_batch(self) -> None:
-        """Let the engine prepare the pages that will make the next batch while they wait."""
+    def _hint_next_batches(self) -> None:
+        """Let the engine prepare the pages that will make the next batches (one for each of
+        its instances) while they wait."""
         if self._prefetcher is not None and len(self.queue):
-            self._prefetcher.prefetch([job.request for job in self.queue.peek(self.cap.value)])
+            size = self.cap.value
+            waiting = [job.request for job in self.queue.peek(size * self._instances)]
+            self._prefetcher.prefetch([waiting[start : start + size] for start in range(0, len(waiting), size)])
 
     def _raise_if_crashed(self) -> None:
         if self._crash is not None:

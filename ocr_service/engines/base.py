@@ -14,6 +14,7 @@ service's event loop and next to the model.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -172,9 +173,10 @@ class MemoryProbe(Protocol):
 class Prefetching(Protocol):
     """An engine that can prepare pages it is likely to get soon (the batcher's hint)."""
 
-    def prefetch(self, pages: Sequence[PageRequest]) -> None:
-        """Start preparing `pages`, which will probably be in the next batch. A hint only:
-        the next batch may differ, and pages hinted may never come (cancelled)."""
+    def prefetch(self, batches: Sequence[Sequence[PageRequest]]) -> None:
+        """Start preparing the pages of `batches`, which will probably be the next batches,
+        in order (one per engine instance that is busy). A hint only: the batches may
+        differ, and pages hinted may never come (cancelled)."""
         ...
 
 
@@ -204,7 +206,7 @@ class BatchEngine:
 
     name: ClassVar[str] = "batch"
     max_batches_in_flight: ClassVar[int | None] = 1
-    prepare_threads: ClassVar[int] = 4
+    prepare_threads: ClassVar[int] = min(8, os.cpu_count() or 1)  # a batch of 8 A4 pages is prepared in one round
     prefetch_pixels: ClassVar[int] = 48_000_000  # about 7 A4 pages at 144 dpi, 3 pages at the PDF raster cap
     _model_thread: ThreadPoolExecutor | None = None
     _prep_threads: ThreadPoolExecutor | None = None
@@ -234,7 +236,8 @@ class BatchEngine:
         preparing it raised); engines without a `prepare_page` step just predict."""
         return self.predict(pages)
 
-    def prefetch(self, pages: Sequence[PageRequest]) -> None:
+    def prefetch(self, batches: Sequence[Sequence[PageRequest]]) -> None:
+        pages = [page for batch in batches for page in batch]
         hinted = self._hinted if self._hinted is not None else {}
         keys = {page.key for page in pages if page.key}
         for key in [key for key in hinted if key not in keys]:
@@ -246,19 +249,24 @@ class BatchEngine:
         self._hinted = hinted
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
-        prep, model = self._threads()
-        loop = asyncio.get_running_loop()
+        model = self._threads()[1]
         hinted = self._hinted if self._hinted is not None else {}
-        ready: list[_Ready] = []
-        for page in pages:
-            ahead = hinted.pop(page.key, None)
-            done = await asyncio.wrap_future(ahead) if ahead is not None else None
-            if ahead is not None:
-                self._forget(ahead)
-            ready.append(done if done is not None else await loop.run_in_executor(prep, self._prepare, page))
+        # Every page is prepared at once, on all the preparing threads: a batch nobody hinted
+        # (clients that send the next page only when they have the last one) waits for its
+        # slowest page, not for the sum of them.
+        ready = await asyncio.gather(*(self._ready(page, hinted.pop(page.key, None)) for page in pages))
         outcomes = await asyncio.get_running_loop().run_in_executor(model, self._predict_ready, ready)
         for index, outcome in enumerate(outcomes):
             yield index, outcome
+
+    async def _ready(self, page: PageRequest, ahead: Future[_Ready | None] | None) -> _Ready:
+        """The page prepared: by its hint where that got through, else now."""
+        if ahead is not None:
+            done = await asyncio.wrap_future(ahead)
+            self._forget(ahead)
+            if done is not None:
+                return done
+        return await asyncio.get_running_loop().run_in_executor(self._threads()[0], self._prepare, page)
 
     def _threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         if self._prep_threads is None or self._model_thread is None:

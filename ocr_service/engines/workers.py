@@ -10,10 +10,10 @@ generation, a host with several GPUs is used by one service, and an engine that 
 - Transport: pages are decoded in the service (documents' own bounded decoding) and
   cross to the worker as raw RGB in shared memory, never pickled; the worker copies them
   and says so, and the block is freed at once.
-- Pipelining: while a worker is busy, the pages the batcher hints as the next batch are
-  sent to the worker that will probably be free first; its engine prepares them (decode,
-  image processor) while the current batch generates. The pages stay in the service's
-  queue: a hint is speculative work, thrown away if the next batch differs.
+- Pipelining: while workers are busy, the batches the batcher hints as the next ones are
+  sent to the workers in the order they will probably be free; each engine prepares its
+  hinted pages (decode, image processor) while its current batch generates. The pages stay
+  in the service's queue: a hint is speculative work, thrown away if the batch differs.
 - Faults: a worker that dies is restarted. The pages it had are retried once, each on
   its own, on a live worker; a page that then crashes a worker again fails alone with an
   error that says the engine crashed. The pool is healthy while any worker is ready.
@@ -32,7 +32,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -202,15 +201,15 @@ class WorkerPool:
                     f"the engine crashed on this page twice ({first_crash}; then {again.args[0]}); it was not retried again"
                 )
 
-    def prefetch(self, pages: Sequence[PageRequest]) -> None:
+    def prefetch(self, batches: Sequence[Sequence[PageRequest]]) -> None:
+        """Each hinted batch goes to a worker: the first to the one likely free first, and so on."""
         if not self.options.prefetching or self._loop is None:
             return
-        keys = tuple(page.key for page in pages)
-        worker = self._likely_next()
-        if worker is None or not all(keys) or worker.hinted == keys:
-            return
-        worker.hinted = keys
-        self._loop.create_task(self._send_hint(worker, pages))
+        for worker, pages in zip(self._likely_order(), batches, strict=False):
+            keys = tuple(page.key for page in pages)
+            if all(keys) and worker.hinted != keys:
+                worker.hinted = keys
+                self._loop.create_task(self._send_hint(worker, pages))
 
     # -- sending work ----------------------------------------------------------
 
@@ -261,12 +260,11 @@ class WorkerPool:
             self._someone_ready.clear()
             await self._someone_ready.wait()
 
-    def _likely_next(self) -> _Worker | None:
-        """The ready worker likely to be free first: idle, or running the oldest batch."""
+    def _likely_order(self) -> list[_Worker]:
+        """The ready workers, the one likely to be free first first: idle ones, then by the
+        age of the oldest batch each runs."""
         ready = [w for w in self._workers if w.state is WorkerState.READY]
-        if not ready:
-            return None
-        return min(ready, key=lambda w: (w.pages_in_flight > 0, min(w.busy_since.values(), default=0.0)))
+        return sorted(ready, key=lambda w: (w.pages_in_flight > 0, min(w.busy_since.values(), default=0.0)))
 
     async def _send_hint(self, worker: _Worker, pages: Sequence[PageRequest]) -> None:
         decoded = await asyncio.gather(*(asyncio.to_thread(decode, page) for page in pages))
@@ -474,7 +472,7 @@ async def _serve(engine: Engine, conn: Connection) -> None:
         requests = [_request(item) for item in items]
         conn.send(("copied", message_id))  # the pixels are ours now: the service frees its block
         if kind == "prefetch" and isinstance(engine, Prefetching):
-            engine.prefetch(requests)
+            engine.prefetch([requests])
         elif kind == "run":
             task = loop.create_task(_run(serving, batch_id, requests))
             serving.running.add(task)
@@ -484,11 +482,10 @@ async def _serve(engine: Engine, conn: Connection) -> None:
 
 
 def _request(item: _Page) -> PageRequest:
+    # A spawned worker shares the service's resource tracker, where the service registered
+    # the block when it made it: attaching adds nothing, and the service's unlink removes it.
     block = SharedMemory(name=item.block)
     try:
-        # Attaching registers the block with this process's resource tracker, which would
-        # unlink it when this process exits: it is the service's to free.
-        resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
         image = Image.frombytes("RGB", (item.width, item.height), bytes(_buffer(block)[: item.width * item.height * 3]))
     finally:
         block.close()
