@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -79,7 +80,8 @@ class Settings(BaseSettings):
     max_redirects: int = Field(5, ge=0, le=20)
 
     # Decoding: child processes that open documents and draw pages (documents/sandbox.py)
-    decode_workers: int = Field(3, ge=1, le=64)  # pages use all but one: uploads are always checked at once
+    # Pages use all but one, so uploads are always checked at once; 0 = half the CPU cores, 3 to 16
+    decode_workers: int = Field(0, ge=0, le=64)
     decode_timeout: float = Field(15, gt=0)  # seconds per page and per open; the child is killed past it
     decode_memory_mb: int = Field(2048, ge=256)  # address space of each child
 
@@ -126,6 +128,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_means_automatic(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("decode_workers", mode="after")
+    @classmethod
+    def _decode_workers_for_this_host(cls, value: int) -> int:
+        # Every page of every batch is drawn by these children: a host of many cores, feeding GPUs, gets more.
+        return value or max(3, min(16, (os.cpu_count() or 1) // 2))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -41,3 +41,10 @@ def test_environment_overrides_and_rejects(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OCR_ENGINE", "tesseract")
     with pytest.raises(ValidationError, match="engine"):
         Settings(_env_file=None)
+
+
+def test_decode_workers_follow_the_cores_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, workers in [(2, 3), (16, 8), (32, 16), (128, 16)]:
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert Settings(_env_file=None).decode_workers == workers
+    assert Settings(_env_file=None, decode_workers=5).decode_workers == 5

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from ocr_service.engines.base import DecodedPage, PageRequest
 from ocr_service.engines.fake import CRASH_MARKER
 from tests.helpers import (
     encode,
@@ -43,8 +46,6 @@ async def test_pages_run_in_worker_processes_each_with_its_own_result() -> None:
         responses = await asyncio.gather(*(upload(client, encode(solid_image(seed))) for seed in range(16)))
         tasks = await asyncio.gather(*(wait_for_task(client, r.json()["task_id"]) for r in responses))
         stats = (await client.get("/stats")).json()
-    import hashlib
-
     for seed, task in enumerate(tasks):
         assert task["status"] == "completed"
         assert hashlib.sha256(solid_image(seed).tobytes()).hexdigest() in task["result"]
@@ -110,3 +111,25 @@ def test_sigterm_drains_the_workers_and_exits_zero(tmp_path: Path) -> None:
     while any(pid_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, "a worker outlived the service"
         time.sleep(0.1)
+
+
+async def test_pages_hinted_to_a_worker_cross_once_and_read_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocr_service.engines import workers as workers_module
+
+    decoded: list[str] = []
+    real_decode = workers_module.decode
+
+    def counting_decode(page: PageRequest) -> DecodedPage | Exception:
+        decoded.append(page.key)
+        return real_decode(page)
+
+    monkeypatch.setattr(workers_module, "decode", counting_decode)
+    async with running_app(settings(engine_workers=1, batch_size=4, fake_batch_latency=1.0)) as client:
+        responses = await asyncio.gather(*(upload(client, encode(solid_image(seed))) for seed in range(12)))
+        tasks = await asyncio.gather(*(wait_for_task(client, r.json()["task_id"]) for r in responses))
+    for seed, task in enumerate(tasks):  # the fake engine's text carries a digest of the pixels it got
+        assert task["status"] == "completed"
+        assert hashlib.sha256(solid_image(seed).tobytes()).hexdigest() in task["result"]
+    # Batches two and three waited while the one before ran: their pages went to the worker
+    # with the hint, and the batch itself named them by key.
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 12

@@ -9,7 +9,8 @@ generation, a host with several GPUs is used by one service, and an engine that 
 - Routing: a batch goes to the ready worker with the fewest pages outstanding.
 - Transport: pages are decoded in the service (documents' own bounded decoding) and
   cross to the worker as raw RGB in shared memory, never pickled; the worker copies them
-  and says so, and the block is freed at once.
+  and says so, and the block is freed at once. A page whose pixels already went to the
+  worker with a hint (below) crosses as its key alone, and is not decoded again.
 - Pipelining: while workers are busy, the batches the batcher hints as the next ones are
   sent to the workers in the order they will probably be free; each engine prepares its
   hinted pages (decode, image processor) while its current batch generates. The pages stay
@@ -91,7 +92,8 @@ class WorkerCrashed(Exception):
 
 @dataclass(frozen=True)
 class _Page:
-    """A decoded page on its way to a worker: its pixels are in shared memory `block`."""
+    """A decoded page on its way to a worker: its pixels are in shared memory `block`, or
+    (block "") already with the worker, which got them with the latest hint."""
 
     block: str
     width: int
@@ -117,6 +119,7 @@ class _Worker:
         self.blocks: dict[int, list[SharedMemory]] = {}  # message id -> blocks the worker has not copied yet
         self.busy_since: dict[int, float] = {}  # batch id -> when it was sent
         self.hinted: tuple[str, ...] = ()  # keys of the batch it was asked to prepare
+        self.holds: frozenset[str] = frozenset()  # keys of the pages whose pixels went with its latest hint
         self.ready = threading.Event()
 
     @property
@@ -172,22 +175,14 @@ class WorkerPool:
 
     async def run(self, pages: Sequence[PageRequest]) -> AsyncIterator[tuple[int, PageOutcome]]:
         self._loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(asyncio.to_thread(decode, page) for page in pages))
-        ready: list[tuple[int, DecodedPage, str]] = []
-        for index, (page, request) in enumerate(zip(decoded, pages, strict=True)):
-            if isinstance(page, Exception):
-                yield index, page
-            else:
-                ready.append((index, page, request.key))
-        if not ready:
-            return
-        crashed: list[tuple[int, DecodedPage, str]] = []
+        items = list(enumerate(pages))
+        crashed: list[tuple[int, PageRequest]] = []
         try:
-            async for position, outcome in self._run_on_worker(ready):
-                yield ready[position][0], outcome
+            async for index, outcome in self._run_on_worker(items):
+                yield index, outcome
         except WorkerCrashed as exc:
             done = exc.args[1] if len(exc.args) > 1 else set()
-            crashed = [item for position, item in enumerate(ready) if position not in done]
+            crashed = [item for item in items if item[0] not in done]
             first_crash = str(exc.args[0])
         if not crashed:
             return
@@ -213,26 +208,39 @@ class WorkerPool:
 
     # -- sending work ----------------------------------------------------------
 
-    async def _run_on_worker(self, items: list[tuple[int, DecodedPage, str]]) -> AsyncIterator[tuple[int, PageOutcome]]:
-        """Run pages on one worker; yields (position in items, outcome). Raises WorkerCrashed
-        (message, positions done) if the worker dies first."""
-        worker = await self._pick([key for _, _, key in items])
+    async def _run_on_worker(self, items: list[tuple[int, PageRequest]]) -> AsyncIterator[tuple[int, PageOutcome]]:
+        """Run pages (index, request) on one worker; yields (index, outcome). Raises
+        WorkerCrashed (message, indexes done) if the worker dies first."""
+        keys = [page.key for _, page in items]
+        worker = await self._pick(keys)
         batch_id = next(self._ids)
         messages: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         worker.batches[batch_id] = messages
         worker.pages_in_flight += len(items)
         worker.busy_since[batch_id] = time.monotonic()
-        worker.hinted = () if worker.hinted == tuple(key for _, _, key in items) else worker.hinted
+        worker.hinted = () if worker.hinted == tuple(keys) else worker.hinted
+        held = worker.holds
+        worker.holds = held.difference(keys)
         done: set[int] = set()
         try:
-            self._send(worker, "run", batch_id, [page for _, page, _ in items], [key for _, _, key in items])
+            sending: list[tuple[int, PageRequest, Image.Image | None]] = []
+            for (index, page), decoded in zip(items, await self._decode_unless_held(items, held), strict=True):
+                if isinstance(decoded, Exception):
+                    done.add(index)
+                    worker.pages_in_flight -= 1
+                    yield index, decoded
+                else:
+                    sending.append((index, page, decoded))
+            if not sending:
+                return
+            self._send(worker, "run", batch_id, [(page, image) for _, page, image in sending])
             while True:
                 kind, payload = await messages.get()
                 if kind == "page":
                     position, outcome = payload
-                    done.add(position)
+                    done.add(sending[position][0])
                     worker.pages_in_flight -= 1
-                    yield position, outcome
+                    yield sending[position][0], outcome
                 elif kind == "oom":
                     raise EngineOutOfMemory(payload)
                 elif kind == "error":
@@ -245,6 +253,20 @@ class WorkerPool:
             worker.batches.pop(batch_id, None)
             worker.busy_since.pop(batch_id, None)
             worker.pages_in_flight -= len(items) - len(done)
+
+    @staticmethod
+    async def _decode_unless_held(
+        items: list[tuple[int, PageRequest]], held: frozenset[str]
+    ) -> list[Image.Image | Exception | None]:
+        """Each page's pixels, None where the worker has them already, or why it cannot be read."""
+
+        async def pixels(page: PageRequest) -> Image.Image | Exception | None:
+            if page.key and page.key in held:
+                return None
+            decoded = await asyncio.to_thread(decode, page)
+            return decoded if isinstance(decoded, Exception) else decoded.image
+
+        return list(await asyncio.gather(*(pixels(page) for _, page in items)))
 
     async def _pick(self, keys: list[str]) -> _Worker:
         """The ready worker with the fewest pages outstanding (the one holding these pages'
@@ -268,18 +290,31 @@ class WorkerPool:
 
     async def _send_hint(self, worker: _Worker, pages: Sequence[PageRequest]) -> None:
         decoded = await asyncio.gather(*(asyncio.to_thread(decode, page) for page in pages))
-        good = [(page, request.key) for page, request in zip(decoded, pages, strict=True) if isinstance(page, DecodedPage)]
+        good = [(request, page.image) for page, request in zip(decoded, pages, strict=True) if isinstance(page, DecodedPage)]
         if good and worker.state is WorkerState.READY and worker.hinted == tuple(page.key for page in pages):
             with contextlib.suppress(OSError):
-                self._send(worker, "prefetch", 0, [page for page, _ in good], [key for _, key in good])
+                self._send(worker, "prefetch", 0, good)
+                worker.holds = frozenset(request.key for request, _ in good)
 
-    def _send(self, worker: _Worker, kind: str, batch_id: int, pages: list[DecodedPage], keys: list[str]) -> None:
+    def _send(
+        self, worker: _Worker, kind: str, batch_id: int, pages: Sequence[tuple[PageRequest, Image.Image | None]]
+    ) -> None:
+        """Send pages to the worker: each with its pixels in a new shared-memory block, or
+        (image None) by key alone, for pages whose pixels it holds."""
         message_id = next(self._ids)
-        blocks = [_to_shared_memory(page.image) for page in pages]
-        worker.blocks[message_id] = blocks
+        blocks = [None if image is None else _to_shared_memory(image) for _, image in pages]
+        worker.blocks[message_id] = [block for block in blocks if block is not None]
         items = [
-            _Page(block.name, page.image.width, page.image.height, page.prompt, page.temperature, page.max_tokens, key)
-            for block, page, key in zip(blocks, pages, keys, strict=True)
+            _Page(
+                block.name if block is not None else "",
+                image.width if image is not None else 0,
+                image.height if image is not None else 0,
+                page.prompt,
+                page.temperature,
+                page.max_tokens,
+                page.key,
+            )
+            for block, (page, image) in zip(blocks, pages, strict=True)
         ]
         try:
             assert worker.conn is not None
@@ -311,7 +346,7 @@ class WorkerPool:
             self._free_blocks(worker, message_id)
         for queue in worker.batches.values():
             queue.put_nowait(("crashed", reason))
-        worker.hinted = ()
+        worker.hinted, worker.holds = (), frozenset()
         if self._closing:
             return
         worker.restarts += 1
@@ -446,6 +481,7 @@ class _Serving:
     engine: Engine
     conn: Connection
     running: set[asyncio.Task[None]] = field(default_factory=set)
+    held: dict[str, PageRequest] = field(default_factory=dict)  # the latest hint's pages, by key
 
 
 async def _serve(engine: Engine, conn: Connection) -> None:
@@ -469,11 +505,19 @@ async def _serve(engine: Engine, conn: Connection) -> None:
         if message[0] == "stop":
             break
         kind, message_id, batch_id, items = message
-        requests = [_request(item) for item in items]
-        conn.send(("copied", message_id))  # the pixels are ours now: the service frees its block
-        if kind == "prefetch" and isinstance(engine, Prefetching):
-            engine.prefetch([requests])
-        elif kind == "run":
+        try:
+            requests = [_request(item, serving.held) for item in items]
+        except KeyError as exc:  # cannot happen while the service tracks `holds` right; its bisection resends
+            requests = []
+            conn.send(("error", batch_id, f"the worker does not hold the pixels of page {exc}"))
+            conn.send(("done", batch_id))
+        finally:
+            conn.send(("copied", message_id))  # the pixels are ours now: the service frees its blocks
+        if kind == "prefetch":
+            serving.held = {request.key: request for request in requests}
+            if isinstance(engine, Prefetching):
+                engine.prefetch([requests])
+        elif kind == "run" and requests:
             task = loop.create_task(_run(serving, batch_id, requests))
             serving.running.add(task)
             task.add_done_callback(serving.running.discard)
@@ -481,7 +525,9 @@ async def _serve(engine: Engine, conn: Connection) -> None:
         await asyncio.gather(*serving.running, return_exceptions=True)
 
 
-def _request(item: _Page) -> PageRequest:
+def _request(item: _Page, held: dict[str, PageRequest]) -> PageRequest:
+    if not item.block:
+        return held.pop(item.key)
     # A spawned worker shares the service's resource tracker, where the service registered
     # the block when it made it: attaching adds nothing, and the service's unlink removes it.
     block = SharedMemory(name=item.block)
