@@ -119,7 +119,9 @@ class _Worker:
         self.blocks: dict[int, list[SharedMemory]] = {}  # message id -> blocks the worker has not copied yet
         self.busy_since: dict[int, float] = {}  # batch id -> when it was sent
         self.hinted: tuple[str, ...] = ()  # keys of the batch it was asked to prepare
-        self.holds: frozenset[str] = frozenset()  # keys of the pages whose pixels went with its latest hint
+        self.holds: frozenset[str] = frozenset()  # keys of hinted pages whose pixels it has
+        self.sending: set[str] = set()  # keys of hinted pages being decoded for it
+        self.hints: set[asyncio.Task[None]] = set()  # the tasks that decode and send them
         self.ready = threading.Event()
 
     @property
@@ -202,9 +204,16 @@ class WorkerPool:
             return
         for worker, pages in zip(self._likely_order(), batches, strict=False):
             keys = tuple(page.key for page in pages)
-            if all(keys) and worker.hinted != keys:
-                worker.hinted = keys
-                self._loop.create_task(self._send_hint(worker, pages))
+            if not all(keys) or worker.hinted == keys:
+                continue
+            worker.hinted = keys
+            # Pages come one by one while a batch waits for companions: each hint sends only
+            # the pages the worker has not got, or is not being sent, already.
+            fresh = [page for page in pages if page.key not in worker.holds and page.key not in worker.sending]
+            worker.sending.update(page.key for page in fresh)
+            hint = self._loop.create_task(self._send_hint(worker, fresh))
+            worker.hints.add(hint)
+            hint.add_done_callback(worker.hints.discard)
 
     # -- sending work ----------------------------------------------------------
 
@@ -218,11 +227,13 @@ class WorkerPool:
         worker.batches[batch_id] = messages
         worker.pages_in_flight += len(items)
         worker.busy_since[batch_id] = time.monotonic()
-        worker.hinted = () if worker.hinted == tuple(keys) else worker.hinted
-        held = worker.holds
-        worker.holds = held.difference(keys)
         done: set[int] = set()
         try:
+            if worker.hints and not worker.sending.isdisjoint(keys):
+                await asyncio.wait(set(worker.hints))  # pages on their way: decoded and sent once, not twice
+            worker.hinted = () if worker.hinted == tuple(keys) else worker.hinted
+            held = worker.holds
+            worker.holds = held.difference(keys)
             sending: list[tuple[int, PageRequest, Image.Image | None]] = []
             for (index, page), decoded in zip(items, await self._decode_unless_held(items, held), strict=True):
                 if isinstance(decoded, Exception):
@@ -289,18 +300,34 @@ class WorkerPool:
         return sorted(ready, key=lambda w: (w.pages_in_flight > 0, min(w.busy_since.values(), default=0.0)))
 
     async def _send_hint(self, worker: _Worker, pages: Sequence[PageRequest]) -> None:
-        decoded = await asyncio.gather(*(asyncio.to_thread(decode, page) for page in pages))
-        good = [(request, page.image) for page, request in zip(decoded, pages, strict=True) if isinstance(page, DecodedPage)]
-        if good and worker.state is WorkerState.READY and worker.hinted == tuple(page.key for page in pages):
-            with contextlib.suppress(OSError):
-                self._send(worker, "prefetch", 0, good)
-                worker.holds = frozenset(request.key for request, _ in good)
+        """Decode hinted pages and send those still hinted, with the worker's whole hint: it
+        keeps the pages of that hint it has, and drops the others."""
+        try:
+            decoded = await asyncio.gather(*(asyncio.to_thread(decode, page) for page in pages))
+            hinted = worker.hinted
+            wanted = [
+                (request, page.image)
+                for page, request in zip(decoded, pages, strict=True)
+                if isinstance(page, DecodedPage) and request.key in hinted
+            ]
+            if worker.state is WorkerState.READY and (wanted or not worker.holds.issubset(hinted)):
+                with contextlib.suppress(OSError):
+                    self._send(worker, "prefetch", 0, wanted, hinted)
+                    worker.holds = worker.holds.intersection(hinted).union(request.key for request, _ in wanted)
+        finally:
+            worker.sending.difference_update(page.key for page in pages)
 
     def _send(
-        self, worker: _Worker, kind: str, batch_id: int, pages: Sequence[tuple[PageRequest, Image.Image | None]]
+        self,
+        worker: _Worker,
+        kind: str,
+        batch_id: int,
+        pages: Sequence[tuple[PageRequest, Image.Image | None]],
+        hinted: tuple[str, ...] = (),
     ) -> None:
         """Send pages to the worker: each with its pixels in a new shared-memory block, or
-        (image None) by key alone, for pages whose pixels it holds."""
+        (image None) by key alone, for pages whose pixels it holds. A hint ("prefetch")
+        also names every page of the worker's current hint."""
         message_id = next(self._ids)
         blocks = [None if image is None else _to_shared_memory(image) for _, image in pages]
         worker.blocks[message_id] = [block for block in blocks if block is not None]
@@ -318,7 +345,7 @@ class WorkerPool:
         ]
         try:
             assert worker.conn is not None
-            worker.conn.send((kind, message_id, batch_id, items))
+            worker.conn.send((kind, message_id, batch_id, items, hinted))
         except (OSError, AssertionError):
             self._free_blocks(worker, message_id)
             raise
@@ -346,7 +373,7 @@ class WorkerPool:
             self._free_blocks(worker, message_id)
         for queue in worker.batches.values():
             queue.put_nowait(("crashed", reason))
-        worker.hinted, worker.holds = (), frozenset()
+        worker.hinted, worker.holds = (), frozenset()  # a new process holds nothing
         if self._closing:
             return
         worker.restarts += 1
@@ -504,7 +531,7 @@ async def _serve(engine: Engine, conn: Connection) -> None:
         message = await inbox.get()
         if message[0] == "stop":
             break
-        kind, message_id, batch_id, items = message
+        kind, message_id, batch_id, items, hinted = message
         try:
             requests = [_request(item, serving.held) for item in items]
         except KeyError as exc:  # cannot happen while the service tracks `holds` right; its bisection resends
@@ -514,9 +541,10 @@ async def _serve(engine: Engine, conn: Connection) -> None:
         finally:
             conn.send(("copied", message_id))  # the pixels are ours now: the service frees its blocks
         if kind == "prefetch":
-            serving.held = {request.key: request for request in requests}
+            held = {**serving.held, **{request.key: request for request in requests}}
+            serving.held = {key: held[key] for key in hinted if key in held}
             if isinstance(engine, Prefetching):
-                engine.prefetch([requests])
+                engine.prefetch([list(serving.held.values())])
         elif kind == "run" and requests:
             task = loop.create_task(_run(serving, batch_id, requests))
             serving.running.add(task)
