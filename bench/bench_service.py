@@ -70,6 +70,8 @@ def service_settings(args: argparse.Namespace, policy: str, batch_size: int | No
     settings = engine_settings(args, batch_size)
     settings.update(batch_policy=name, batch_timeout=args.batch_timeout if args.batch_timeout is not None else timeout,
                     max_queue_size=args.queue_size)
+    if args.engine_workers is not None:
+        settings.update(engine_workers=args.engine_workers)
     settings.update(extra)
     return settings
 
@@ -93,7 +95,7 @@ def machine() -> dict[str, object]:
 
 def emit(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """The one JSON line (also to --out): what BENCHMARKS.md quotes."""
-    result = {"scenario": args.scenario, **result, "machine": machine()}
+    result = {"scenario": args.scenario, **result, "engine_workers": args.engine_workers, "machine": machine()}
     line = json.dumps(result, separators=(",", ":"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -525,6 +527,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--fake-batch-latency", type=float, help="OCR_FAKE_BATCH_LATENCY, s per batch (0.05)")
     add("--fake-item-latency", type=float, help="OCR_FAKE_ITEM_LATENCY, s per page (0.01; soak 0.02)")
     add("--rapidocr-threads", type=int, default=2, help="OCR_RAPIDOCR_THREADS (one onnxruntime thread each)")
+    add("--engine-workers", type=int, default=None,
+        help="OCR_ENGINE_WORKERS of the service (default: the service's; 0 = the engine in its process)")
     add("--engine-batches", type=int, default=20, help="back-to-back batches the engine alone runs")
     add("--task-ttl", type=float, default=2.0, help="soak: OCR_TASK_TTL, s")
     add("--cleanup-interval", type=float, default=1.0, help="soak: OCR_CLEANUP_INTERVAL, s")

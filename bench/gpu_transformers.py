@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ocr_service.deepseek import DEFAULT_PROMPT
-from ocr_service.engines.base import ImagePage, PageOutput, PageRequest
+from ocr_service.engines.base import ImagePage, PageOutcome, PageOutput, PageRequest
 from ocr_service.engines.sample_page import render_test_page
 from ocr_service.engines.transformers import TransformersEngine, TransformersOptions
 from ocr_service.tiny_model import write_model
@@ -66,6 +66,10 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 # -- 1. the engine alone --------------------------------------------------------------
+
+
+async def collect(run: AsyncIterator[tuple[int, PageOutcome]]) -> list[PageOutcome]:
+    return [outcome async for _, outcome in run]
 
 
 async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: int, warmup: int) -> dict[str, Any]:
@@ -88,9 +92,11 @@ async def engine_alone(model_dir: Path, batch: int, batches: int, new_tokens: in
     upcoming = requests(0)
     for number in range(batches + 1):
         current, upcoming = upcoming, requests(number + 1)
-        engine.prefetch([upcoming])  # the batcher hints the next batch while this one runs
         began = time.perf_counter()
-        outcomes = [outcome async for _, outcome in engine.run(current)]
+        running = asyncio.create_task(collect(engine.run(current)))
+        await asyncio.sleep(0)  # the batch takes its hinted pages; a hint drops the pages it does not name
+        engine.prefetch([upcoming])  # as the batcher does: the next batch is hinted while this one runs
+        outcomes = await running
         if number:  # the first batch is left out
             seconds.append(time.perf_counter() - began)
         for outcome in outcomes:

@@ -444,9 +444,17 @@ async def test_the_service_answers_an_upload_through_the_replicas() -> None:
             ids = [(await upload(client, encode(solid_image(seed)))).json()["task_id"] for seed in range(6)]
             done = [await wait_for_task(client, task_id) for task_id in ids]
             stats = (await client.get("/stats")).json()
+            metrics = (await client.get("/metrics")).text
     assert all(task["status"] == "completed" for task in done), done
     assert {task["result"] for task in done} <= {"read by a", "read by b"}
     assert len(a.requests) + len(b.requests) == 6
     # OCR_BATCH_SIZE=2 pages in flight on each replica at once, never more: 4 in all.
     assert (a.max_active, b.max_active) == (2, 2)
     assert (stats["engine"], stats["batch_size"]) == ("remote", 2)
+    by_url = {replica["url"]: replica for replica in stats["replicas"]}
+    assert set(by_url) == {a.url, b.url}
+    for replica, server in ((by_url[a.url], a), (by_url[b.url], b)):
+        assert replica["state"] == "up" and replica["errors"] == 0 and replica["pages_in_flight"] == 0
+        assert replica["pages_done"] == sum(1 for task in done if task["result"] == f"read by {server.name}")
+    assert f'ocr_replica_up{{url="{a.url}"}} 1.0' in metrics
+    assert f'ocr_replica_pages_done_total{{url="{b.url}"}} {float(by_url[b.url]["pages_done"])}' in metrics

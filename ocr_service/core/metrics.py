@@ -104,3 +104,14 @@ class _StatusCollector(Collector):
                 ready.add_metric([str(worker.id), worker.device], int(worker.state == "ready"))
             yield restarts
             yield ready
+        if status.replicas is not None:
+            up = GaugeMetricFamily("ocr_replica_up", "1 while the vllm serve replica takes pages", labels=["url"])
+            in_flight = GaugeMetricFamily("ocr_replica_pages_in_flight", "Pages on the replica now", labels=["url"])
+            done = CounterMetricFamily("ocr_replica_pages_done", "Pages the replica answered", labels=["url"])
+            errors = CounterMetricFamily("ocr_replica_errors", "Pages the replica failed to answer", labels=["url"])
+            for replica in status.replicas:
+                up.add_metric([replica.url], int(replica.state == "up"))
+                in_flight.add_metric([replica.url], replica.pages_in_flight)
+                done.add_metric([replica.url], replica.pages_done)
+                errors.add_metric([replica.url], replica.errors)
+            yield from (up, in_flight, done, errors)

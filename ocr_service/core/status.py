@@ -16,6 +16,7 @@ from ocr_service.core.ledger import WorkLedger
 from ocr_service.core.supervisor import Supervisor
 from ocr_service.core.tasks import TaskStatus
 from ocr_service.engines.base import Engine
+from ocr_service.engines.remote import RemoteEngine
 from ocr_service.engines.workers import WorkerPool
 
 
@@ -26,6 +27,15 @@ class WorkerView(BaseModel):
     state: str = Field(description="starting, ready, restarting or stopped")
     pages_in_flight: int
     restarts: int
+
+
+class ReplicaView(BaseModel):
+    url: str = Field(description="The vllm serve replica's base URL")
+    state: str = Field(description="up or down")
+    pages_in_flight: int
+    pages_done: int = Field(description="Pages it answered with text")
+    errors: int = Field(description="Pages it failed to answer (no answer, timeout, 5xx)")
+    last_error: str | None
 
 
 class ServiceStatus(BaseModel):
@@ -60,6 +70,7 @@ class ServiceStatus(BaseModel):
     documents_evicted: int = Field(description="Documents dropped (oldest first) to stay within OCR_KEEP_DOCUMENTS_MB")
     uptime_s: float
     workers: list[WorkerView] | None = Field(None, description="The engine's worker processes, where it runs in them")
+    replicas: list[ReplicaView] | None = Field(None, description="The vllm serve replicas of OCR_ENGINE=remote")
 
 
 
@@ -101,6 +112,7 @@ def snapshot(ledger: WorkLedger, batcher: Batcher, supervisor: Supervisor) -> Se
         documents_evicted=kept.evicted,
         uptime_s=round(time.time() - supervisor.started_at, 1),
         workers=_workers(batcher.engine),
+        replicas=_replicas(batcher.engine),
     )
 
 
@@ -108,3 +120,9 @@ def _workers(engine: Engine) -> list[WorkerView] | None:
     if not isinstance(engine, WorkerPool):
         return None
     return [WorkerView(**vars(worker)) for worker in engine.workers()]
+
+
+def _replicas(engine: Engine) -> list[ReplicaView] | None:
+    if not isinstance(engine, RemoteEngine):
+        return None
+    return [ReplicaView(**vars(replica)) for replica in engine.replica_states()]
