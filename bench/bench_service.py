@@ -68,8 +68,10 @@ def service_settings(args: argparse.Namespace, policy: str, batch_size: int | No
                      **extra: object) -> dict[str, object]:
     name, timeout = POLICIES[policy]
     settings = engine_settings(args, batch_size)
+    # The load generator stands for many clients from one address: the per-address cap on connections (64)
+    # would close the long polls beyond it.
     settings.update(batch_policy=name, batch_timeout=args.batch_timeout if args.batch_timeout is not None else timeout,
-                    max_queue_size=args.queue_size)
+                    max_queue_size=args.queue_size, max_connections_per_client=100_000)
     if args.engine_workers is not None:
         settings.update(engine_workers=args.engine_workers)
     settings.update(extra)
@@ -296,7 +298,7 @@ def scenario_intake(args: argparse.Namespace) -> None:
         "accepted_per_s": round(accepted / args.duration, 1), "codes": codes,
         "upload_bytes": round(sum(map(len, encoded)) / len(encoded)), "duration_s": args.duration,
         "clients": args.clients * args.client_procs, "client_procs": args.client_procs,
-        "pages_run_by_end": stats["pages_run"], "pages_queued_at_end": stats["pages_queued"],
+        "pages_run_by_end": stats["pages_processed"], "pages_queued_at_end": stats["pages_queued"],
         "mean_batch_size": stats["mean_batch_size"],
     })
 

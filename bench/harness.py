@@ -349,7 +349,7 @@ def summarize(samples: Sequence[Sample], t0: float, t1: float) -> dict[str, obje
 def batch_figures(before: dict, after: dict) -> dict[str, object]:
     """Batches the service formed between two /stats snapshots."""
     batches = after["batches_run"] - before["batches_run"]
-    pages = after["pages_run"] - before["pages_run"]
+    pages = after["pages_processed"] - before["pages_processed"]
     return {
         "batches_run": batches,
         "pages_run": pages,
