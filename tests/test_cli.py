@@ -142,7 +142,10 @@ def test_ctrl_c_leaves_whole_outputs_and_gives_back_queue_places(tmp_path: Path)
         out = tmp_path / "out"
         command = cli_command(slow.url, str(tmp_path / "scans"), "--out", str(out), "--format", "json",
                               "--concurrency", "8")
-        cli = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True)
+        # Ctrl+C as a terminal sends it, also where the tests themselves run with SIGINT ignored (started in the
+        # background by a non-interactive shell, which the child would inherit).
+        cli = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while True:  # some outputs written, and some of the CLI's tasks waiting in the queue
