@@ -7,9 +7,9 @@ for companions only pays while the engine is busy, and while it is busy the queu
 grows by itself. `flush_delay` is that rule, alone.
 
 While pages wait (the engine is full, or a batch waits for companions), the ones that
-will make the next batch are hinted to an engine that can prepare them ahead
-(`Prefetching`): they stay in the queue, so they can still be cancelled and keep their
-place; only the engine's work on them is speculative.
+will make the next batches (one per engine instance) are hinted to an engine that can
+prepare them ahead (`Prefetching`): they stay in the queue, so they can still be
+cancelled and keep their place; only the engine's work on them is speculative.
 
 Each page keeps its own request. The batcher reports every page's outcome to a
 `PageSink` (the ledger) the moment the engine returns it, and frees that page's slot
