@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     def _check_remote(self) -> Settings:
         if self.engine == "remote" and not self.remote_urls:
             raise ValueError("OCR_ENGINE=remote needs OCR_REMOTE_URLS (comma-separated vllm serve base URLs)")
+        if self.engine == "remote" and self.engine_workers:
+            raise ValueError("OCR_ENGINE_WORKERS does not apply to OCR_ENGINE=remote (each replica is a worker): leave it empty")
         return self
 
     @property

@@ -428,6 +428,8 @@ def test_settings_require_and_check_the_replica_urls() -> None:
     ]:
         with pytest.raises(ValidationError, match=reason):
             Settings(_env_file=None, engine="remote", remote_urls=bad)
+    with pytest.raises(ValidationError, match="OCR_ENGINE_WORKERS does not apply"):
+        Settings(_env_file=None, engine="remote", remote_urls="http://gpu1:8000", engine_workers=2)
     good = Settings(_env_file=None, engine="remote", remote_urls=" http://gpu1:8000/ , https://gpu2/ocr ", batch_size=16)
     assert good.remote_url_list == ("http://gpu1:8000", "https://gpu2/ocr")
     engine = build_engine(good)
