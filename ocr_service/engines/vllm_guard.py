@@ -22,10 +22,11 @@ repeat a 3-gram without the rule, 0 with it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
-from ocr_service.deepseek import repeated_ngrams
+from ocr_service.deepseek import PROMPTS, repeated_ngrams
 
-CANARY_PROMPT = "<image>\nFree OCR."
+CANARY_PROMPT = PROMPTS["free"]
 CANARY_SIDE = 64  # a blank 64 px page: one view, the cheapest image the model takes
 CANARY_TOKENS = 128
 CANARY_NGRAM = 3  # small, so a loop shows within a few tokens
@@ -49,11 +50,11 @@ class GuardCheck:
     unguarded_ids: tuple[int, ...]  # the same page, no rule
     model_runner: str = "unknown"
 
-    @property
+    @cached_property
     def guarded_repeats(self) -> int:
         return repeated_ngrams(self.guarded_ids, self.ngram_size, self.window_size)
 
-    @property
+    @cached_property
     def unguarded_repeats(self) -> int:
         return repeated_ngrams(self.unguarded_ids, self.ngram_size, self.window_size)
 

@@ -37,7 +37,7 @@ from ocr_service.config import Settings
 from ocr_service.engines.base import PageOutcome, PageOutput, PageRequest
 from ocr_service.engines.sample_page import render_tall_page
 from ocr_service.engines.vllm import VllmCapacity, VllmEngine
-from ocr_service.probe.curve import ProbeResult, Trial, recommend
+from ocr_service.probe.curve import HEADROOM, ProbeResult, Trial, recommend
 from ocr_service.probe.report import format_trial
 
 GiB = 1024**3
@@ -171,7 +171,7 @@ def run_vllm_probe(
                 confirmed = _confirm(runner, the_engine, image, worst, test_prompt, result.maximum, settings, log)
                 result.notes.append(confirmed.note)
                 if not confirmed.ok:
-                    headroom = 0.8
+                    headroom = HEADROOM
             page = dataclasses.replace(probe_page, max_tokens=sweep_tokens)
             for size in sweep_sizes(result.maximum):
                 finished, outcomes = runner.run(keep_in_flight(the_engine, page, size, size * (waves + 1)))
