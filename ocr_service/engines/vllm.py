@@ -172,14 +172,20 @@ def engine_arguments(options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
     return arguments
 
 
-def known_arguments(arguments: dict[str, Any], known: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+def known_arguments(
+    arguments: dict[str, Any], known: Iterable[str], required: Iterable[str] = ()
+) -> tuple[dict[str, Any], list[str]]:
     """The arguments this vLLM's `AsyncEngineArgs` has fields for, and the names it lacks.
 
-    Names move between releases; one vLLM does not know is dropped (and logged) rather
-    than stopping the start. The n-gram processor is never dropped silently: the
-    start-up canary catches a guard that is missing.
+    Names move between releases; one of the service's own that vLLM does not know is
+    dropped (and logged) rather than stopping the start. The n-gram processor is never
+    dropped silently: the start-up canary catches a guard that is missing. A `required`
+    name (one the user set in OCR_VLLM_ENGINE_ARGS) that vLLM lacks stops the start.
     """
     names = set(known)
+    missing = sorted(set(required) - names)
+    if missing:
+        raise ValueError(f"OCR_VLLM_ENGINE_ARGS names engine arguments this vLLM does not have: {', '.join(missing)}")
     kept = {key: value for key, value in arguments.items() if key in names}
     return kept, sorted(set(arguments) - names)
 
@@ -277,6 +283,7 @@ class VllmEngine:
         arguments, unknown = known_arguments(
             engine_arguments(self.options, on_cpu=current_platform.is_cpu()),
             (field.name for field in dataclasses.fields(AsyncEngineArgs)),
+            required=self.options.engine_args,
         )
         if unknown:
             logger.warning("vLLM %s has no engine arguments %s: started without them", vllm.__version__, unknown)

@@ -232,6 +232,11 @@ def test_vllm_drops_engine_arguments_its_version_lacks() -> None:
     assert kept == {"model": "m"} and dropped == ["skip_mm_profiling"]
 
 
+def test_vllm_refuses_engine_arguments_the_user_named_that_it_lacks() -> None:
+    with pytest.raises(ValueError, match="OCR_VLLM_ENGINE_ARGS .* attention_confg"):
+        vllm_engine.known_arguments({"model": "m", "attention_confg": {}}, ["model"], required=["attention_confg"])
+
+
 def test_vllm_sampling_is_per_page() -> None:
     options = vllm_options(ngram_size=30, window_size=90)
     arguments = vllm_engine.sampling_arguments(page(temperature=0.3, max_tokens=77), options, frozenset({11, 12}))
