@@ -165,7 +165,7 @@ class RemoteEngine:
         self._changed: asyncio.Event | None = None  # replaced on every change: a broadcast
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchers: list[asyncio.Task[None]] = []
-        self._closing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # holds the shutdown task started on the loop (the loop keeps weak references)
 
     # -- life ------------------------------------------------------------------
 
@@ -328,7 +328,7 @@ class RemoteEngine:
             return tuple(int(token) for token in response.json()["choices"][0]["token_ids"])
 
         guarded, unguarded = await asyncio.gather(generate(rule), generate(None))
-        check = GuardCheck(CANARY_NGRAM, CANARY_TOKENS, guarded, unguarded)
+        check = GuardCheck(ngram_size=CANARY_NGRAM, window_size=CANARY_TOKENS, guarded_ids=guarded, unguarded_ids=unguarded)
         if not check.applied:
             raise ReplicaFailed(
                 f"it does not apply DeepSeek-OCR's n-gram repetition guard: the canary repeated {check.guarded_repeats} "
